@@ -1,0 +1,257 @@
+"""pytest plugin: options, the target x model x window parametrization, one fixture per stage.
+
+Stages as fixtures: ``quantized_model`` (stage 1, calibrated once per model and
+target), ``streaming_exports`` (stage 1, per window), ``reference`` (stage 2),
+``frames`` (stage 3) and ``record_case`` (stage 5, into ``session.json``).
+Expensive results are memoized for the session in ``HilSession`` and on disk
+in the artifact cache, so parametrized cases share them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.spec import ModelSpec, load_specs
+from harness.targets import TARGETS, Target, get_target
+
+DEFAULT_WINDOWS = "1,3,6"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PATH_OPTIONS = ("--model-spec", "--cache-dir", "--artifacts-dir", "--frames")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parametrized case: a model streamed to a target in windows of ``window`` frames."""
+
+    target: Target
+    spec: ModelSpec
+    window: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.target.name}-{self.spec.name}-W{self.window}"
+
+
+@dataclass
+class Settings:
+    """Validated command-line settings."""
+
+    targets: list[Target]
+    windows: list[int]
+    specs: list[ModelSpec]
+    artifacts_dir: Path
+    cache_dir: Path
+    frames_path: Path | None
+    dut: str = "host"
+
+    def cases(self) -> list[Case]:
+        return [Case(t, s, w) for t in self.targets for s in self.specs for w in self.windows]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v for v in re.split(r"[,|\s]+", value or "") if v]
+
+
+def _add_option(group, name: str, **kwargs) -> None:
+    """Add an option unless another plugin (pytest-embedded) already defines it; then we share it."""
+    try:
+        group.addoption(name, **kwargs)
+    except ValueError:
+        pass
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("espdl-hil", "ESP-DL streaming hardware-in-the-loop harness")
+    group.addoption("--window-sizes", default=DEFAULT_WINDOWS, help=f"frames per streamed window (default {DEFAULT_WINDOWS})")
+    group.addoption("--models", default=None, help="comma-separated model names to run (default: all)")
+    group.addoption("--model-spec", action="append", default=[], metavar="PATH", help="extra model spec file (repeatable)")
+    group.addoption("--artifacts-dir", default="artifacts", help="where session.json, reports and case files go")
+    group.addoption("--frames", default=None, metavar="NPY", help="float frames [T, C] or [S, T, C] instead of generated ones")
+    _add_option(group, "--target", default=None, help="target chip(s): esp32p4, esp32s3 (default: both)")
+    _add_option(group, "--cache-dir", default=None, help="artifact cache (default: <rootdir>/.hil-cache)")
+
+
+def _settings(config: pytest.Config) -> Settings:
+    root = config.rootpath
+
+    def under_root(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else root / path
+
+    targets_opt = _split(config.getoption("target"))
+    targets = [get_target(t) for t in targets_opt] if targets_opt and targets_opt != ["auto"] else list(TARGETS.values())
+    windows = []
+    for w in _split(config.getoption("window_sizes")):
+        if not w.isdigit() or int(w) < 1:
+            raise HarnessError(f"--window-sizes: '{w}' is not a positive integer", "give e.g. --window-sizes 1,3,6")
+        windows.append(int(w))
+    specs = load_specs(config.getoption("model_spec"), _split(config.getoption("models")) or None)
+    for spec in specs:
+        for w in windows:
+            error = spec.window_error(w)
+            if error:
+                raise HarnessError(f"--window-sizes: {error}", "pass window sizes that divide it")
+    frames = config.getoption("frames")
+    cache = config.getoption("cache_dir")
+    return Settings(
+        targets=targets,
+        windows=windows,
+        specs=specs,
+        artifacts_dir=under_root(config.getoption("artifacts_dir")),
+        cache_dir=under_root(cache) if cache else root / ".hil-cache",
+        frames_path=under_root(frames) if frames else None,
+    )
+
+
+SETTINGS = pytest.StashKey[Settings]()
+SESSION = pytest.StashKey["HilSession"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help or getattr(config.option, "version", False):
+        return
+    if config.inipath is None and (PROJECT_ROOT / "pytest.ini").is_file() and Path.cwd().resolve().is_relative_to(PROJECT_ROOT):
+        raise pytest.UsageError(
+            "pytest did not find the project's pytest.ini because an option value given after a space was taken "
+            f"for a test path; write path options with '=' ({', '.join(o + '=...' for o in PATH_OPTIONS)})"
+        )
+    try:
+        config.stash[SETTINGS] = _settings(config)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None:
+        return []
+    return [
+        f"espdl-hil: dut={settings.dut} targets={','.join(t.name for t in settings.targets)} "
+        f"models={','.join(s.name for s in settings.specs)} windows={','.join(map(str, settings.windows))}",
+        f"espdl-hil: cache={settings.cache_dir} artifacts={settings.artifacts_dir}",
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hil_case" in metafunc.fixturenames:
+        cases = metafunc.config.stash[SETTINGS].cases()
+        metafunc.parametrize("hil_case", cases, ids=[c.id for c in cases])
+
+
+@dataclass
+class HilSession:
+    """Session-wide state: the quantizer, memoized stage results and the report."""
+
+    settings: Settings
+    quantizer: object = None
+    report: object = None
+    _frames: dict = field(default_factory=dict)
+    _references: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from harness.quantize import Quantizer
+        from harness.session import SessionReport
+
+        self.quantizer = Quantizer(self.settings.cache_dir)
+        self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets])
+
+    def frames(self, qm):
+        from harness.frames import frames_from_file, generate_frames, save_frames
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._frames:
+            path = self.settings.frames_path
+            frames = frames_from_file(qm, path) if path else generate_frames(qm)
+            save_frames(frames, self.settings.artifacts_dir / f"{qm.target.name}-{qm.spec.name}")
+            self._frames[key] = frames
+        return self._frames[key]
+
+    def reference(self, qm):
+        from harness.reference import offline_reference
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._references:
+            self._references[key] = offline_reference(qm, self.frames(qm))
+        return self._references[key]
+
+
+def _hil_session(config: pytest.Config) -> HilSession:
+    if SESSION not in config.stash:
+        config.stash[SESSION] = HilSession(config.stash[SETTINGS])
+    return config.stash[SESSION]
+
+
+@pytest.fixture(scope="session")
+def hil_session(pytestconfig: pytest.Config) -> HilSession:
+    return _hil_session(pytestconfig)
+
+
+@pytest.fixture
+def quantized_model(hil_case: Case, hil_session: HilSession):
+    """Stage 1: every sub-model of the case's model, calibrated once for its target."""
+    return hil_session.quantizer.model(hil_case.spec, hil_case.target)
+
+
+@pytest.fixture
+def streaming_exports(hil_case: Case, hil_session: HilSession, quantized_model):
+    """Stage 1: the streaming ``.espdl`` of each sub-model for the case's window size."""
+    return hil_session.quantizer.streaming_exports(quantized_model, hil_case.window)
+
+
+@pytest.fixture
+def frames(hil_case: Case, hil_session: HilSession, quantized_model):
+    """Stage 3: the quantized input frames (saved as .npy + manifest in the artifacts dir)."""
+    frames = hil_session.frames(quantized_model)
+    if frames.sequence_length % hil_case.window:
+        raise HarnessError(
+            f"window size {hil_case.window} does not divide the {frames.sequence_length} frames per sequence of {frames.source}",
+            "choose window sizes that divide the sequence length",
+        )
+    return frames
+
+
+@pytest.fixture
+def reference(hil_session: HilSession, quantized_model, frames):
+    """Stage 2: each sub-model's offline output on the frames, ``QTensor([S, T, C])`` per module."""
+    return hil_session.reference(quantized_model)
+
+
+@pytest.fixture
+def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession, quantized_model):
+    """Stage 5: record a comparison in session.json (and save the streams for the case)."""
+
+    def record(result, expected=None, streamed=None, **extra) -> None:
+        import numpy as np
+
+        directory = hil_session.settings.artifacts_dir / "cases" / f"{request.node.originalname}[{hil_case.id}]"
+        directory.mkdir(parents=True, exist_ok=True)
+        if expected is not None:
+            np.save(directory / "expected.npy", expected.data)
+        if streamed is not None:
+            np.save(directory / "streamed.npy", streamed.data)
+        hil_session.report.add_case(
+            hil_case.id,
+            request.node.originalname,
+            hil_case.target.name,
+            hil_case.spec.name,
+            hil_case.window,
+            result,
+            tolerance_reason=quantized_model.tolerance_reason or None,
+            **extra,
+        )
+
+    return record
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None:
+        return
+    hil = _hil_session(config)
+    hil.report.write(settings.artifacts_dir, hil.quantizer.calibrations, hil.quantizer.exports)

@@ -1,0 +1,136 @@
+"""Running ESP-PPQ safely inside a long pytest session.
+
+ESP-PPQ only *logs* streaming and export problems (``[ERROR]`` lines), keeps
+process-wide singletons (``StreamingTable``, ``ExporterPatternInfo``) that a
+failed export leaves dirty, prints a banner, progress bars and coloured
+``[INFO]`` lines on the stdout it captured at import time, and defaults its
+executors to CUDA. ``ppq_call`` runs one quantization or export with all of
+that contained: output goes to a log file, global state is reset before and
+after, and any ``[ERROR]`` line becomes a ``QuantizationError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from harness.errors import QuantizationError
+
+DEVICE = "cpu"  # TorchExecutor defaults to "cuda"; every executor here gets this
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_imported = False
+
+
+def import_ppq() -> None:
+    """Import esp_ppq once, with its banner and import-time chatter swallowed."""
+    global _imported
+    if _imported:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import esp_ppq  # noqa: F401
+        import esp_ppq.api  # noqa: F401
+    _imported = True
+
+
+def reset_global_state() -> None:
+    """Clear ESP-PPQ's export singletons (a failed export leaves them dirty)."""
+    from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
+    from esp_ppq.parser.espdl.espdl_typedef import ExporterPatternInfo
+
+    ExporterPatternInfo().reset()
+    table = StreamingTable()
+    table.reset()
+    table.set_input_frame_axis(1)
+    table.set_input_frame_num(1)
+
+
+@contextlib.contextmanager
+def captured_layouts() -> Iterator[dict[str, str]]:
+    """Record the on-chip layout ESP-PPQ gives each tensor during one export.
+
+    The ``.espdl`` stores permuted shapes but not the permutation, and a graph
+    input that feeds e.g. a Concat keeps its NCW layout. The exporter's
+    ``ExporterPatternInfo`` knows, until it resets itself at the end of
+    ``export``: that reset is intercepted to keep a copy.
+    """
+    from esp_ppq.parser.espdl.espdl_typedef import ExporterPatternInfo
+
+    info = ExporterPatternInfo()
+    layouts: dict[str, str] = {}
+
+    def keep_then_reset() -> None:
+        for name, perm in info.var_permute.items():
+            if len(perm) == 3:
+                layouts[name] = "NWC" if list(perm) == [0, 2, 1] else "NCW" if list(perm) == [0, 1, 2] else str(perm)
+        type(info).reset(info)
+
+    info.reset = keep_then_reset
+    try:
+        yield layouts
+    finally:
+        del info.reset
+
+
+class _Tee(io.TextIOBase):
+    """Collects everything ESP-PPQ writes, for the log file and the [ERROR] scan."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.parts.append(s)
+        return len(s)
+
+    def text(self) -> str:
+        return _ANSI.sub("", "".join(self.parts)).replace("\r", "\n")
+
+
+@contextlib.contextmanager
+def ppq_call(what: str, log_path: Path) -> Iterator[None]:
+    """Run one ESP-PPQ step isolated; raise ``QuantizationError`` on any ``[ERROR]`` line."""
+    import_ppq()
+    from esp_ppq.log.logger import initialized_loggers
+
+    sink = _Tee()
+    handlers = [h for logger in initialized_loggers.values() for h in logger._handlers.values() if h._file_name is None]
+    saved = [h._fd for h in handlers]
+    reset_global_state()
+    failure: BaseException | None = None
+    try:
+        for h in handlers:
+            h._fd = sink
+        with (
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException as exc:  # re-raised below, after the log is written
+        failure = exc
+    finally:
+        for h, fd in zip(handlers, saved):
+            h._fd = fd
+        reset_global_state()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        text = sink.text()
+        log_path.write_text(text)
+    errors = [line.split("]:", 1)[-1].strip() for line in text.splitlines() if "[ERROR]" in line]
+    if failure is not None:
+        if isinstance(failure, QuantizationError) or not isinstance(failure, Exception):
+            raise failure
+        raise QuantizationError(
+            f"ESP-PPQ failed to {what}: {type(failure).__name__}: {str(failure).strip().splitlines()[0] if str(failure).strip() else ''}",
+            f"see {log_path} for ESP-PPQ's output; check the model against ESP-PPQ's supported ops",
+        ) from failure
+    if errors:
+        raise QuantizationError(
+            f"ESP-PPQ reported an error while trying to {what}: {errors[0]}"
+            + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+            f"fix the model (see {log_path}); ESP-PPQ only logs these, the exported model would be wrong",
+        )

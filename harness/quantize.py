@@ -1,0 +1,647 @@
+"""Stage 1: quantize each streaming sub-model once per (model, target, bits); export per window.
+
+Calibration is the slow step (~1.5 s per sub-model), export is cheap (~0.1 s),
+so each sub-model is calibrated once on whole offline sequences and every
+streaming ``.espdl`` (one per window size) is exported from that same
+quantized graph:
+
+* ``auto`` models: ESP-PPQ's exporter turns a copy of the offline graph into a
+  streaming one (``auto_streaming=True``), so scales are identical by
+  construction.
+* ``explicit`` models: the streaming graph (``streaming_forward`` with cache
+  inputs/outputs) is quantized *without* a calibration of its own: every
+  activation whose tensor also exists in the offline graph gets the offline
+  scale ("locked"); cache tensors inherit theirs through the passive ops that
+  move them. Only tensors with no offline counterpart are calibrated, on
+  windows cut from the calibration sequences with caches carried (as the seed
+  does), and they are reported.
+
+Sub-model k+1's input is locked to sub-model k's output exponent, so the chip
+can hand one module's output to the next without requantizing.
+
+Everything is cached on disk under a content hash of what determines it
+(model source, config, target, bits, the harness's own quantizer source and
+the ESP-PPQ/torch/ONNX versions); a warm run performs zero calibrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import ConfigError, QuantizationError, StreamingError
+from harness.espdl import load_espdl
+from harness.lint import check_interface, check_streaming_caches
+from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call
+from harness.spec import ModelSpec
+from harness.targets import Target
+
+PASSIVE_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad"}
+OFFLINE_IO = (["input"], ["output"])
+STREAMING_IO = (["input", "cache"], ["output", "cache_out"])
+_VERSIONED = ("esp-ppq", "torch", "onnx", "onnxsim", "numpy")
+
+
+@dataclass
+class ModuleArtifacts:
+    """One calibrated sub-model."""
+
+    index: int
+    offline_graph: object  # esp_ppq BaseGraph, calibrated on whole sequences
+    streaming_graph: object | None  # explicit models: graph with cache input/output; None for auto
+    offline_espdl: Path  # offline model with embedded test values (inputs + every tensor)
+    in_channels: int
+    out_channels: int
+    cache_shape: tuple[int, int] | None  # (channels, frames), NCW as in the graph
+    in_exponent: int
+    out_exponent: int
+    unlocked: list[str] = field(default_factory=list)  # streaming tensors calibrated on their own
+
+
+@dataclass
+class QuantizedModel:
+    """All sub-models of one spec for one target, plus where their artifacts live."""
+
+    spec: ModelSpec
+    target: Target
+    key: str
+    directory: Path
+    modules: list[ModuleArtifacts]
+    tolerance_lsb: int
+    tolerance_reason: str
+
+    @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    @property
+    def input_exponent(self) -> int:
+        return self.modules[0].in_exponent
+
+
+@dataclass(frozen=True)
+class StreamingExport:
+    """One streaming ``.espdl`` and the tensor names a runner needs to drive it."""
+
+    module: int
+    window: int
+    path: Path
+    sha256: str
+    input: str
+    output: str
+    cache_input: str | None
+    cache_output: str | None
+    in_exponent: int
+    out_exponent: int
+    layouts: dict[str, str]  # on-chip layout of input/output/cache tensors: "NWC" (frame axis 1) or "NCW" (axis 2)
+
+
+def frame_shape(layout: str, frames: int, channels: int) -> list[int]:
+    """On-chip shape of ``frames`` frames of ``channels`` channels in ``layout``."""
+    return [1, frames, channels] if layout == "NWC" else [1, channels, frames]
+
+
+def exponent_of(scale) -> int:
+    """ESP-DL exponent of a power-of-two scale (``value = q * 2**exponent``)."""
+    return int(round(math.log2(float(scale.flatten()[0]))))
+
+
+def var_config(graph, name: str):
+    """The quantization config the exporter binds to a variable (producer's, else first consumer's)."""
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    var = graph.variables[name]
+    op = var.source_op
+    if isinstance(op, QuantableOperation):
+        return op.output_quant_config[op.outputs.index(var)]
+    for op in var.dest_ops:
+        if isinstance(op, QuantableOperation):
+            return op.input_quant_config[op.inputs.index(var)]
+    raise QuantizationError(f"tensor '{name}' is not quantized", "check the model's dispatching (all ops int)")
+
+
+def var_exponent(graph, name: str) -> int:
+    return exponent_of(var_config(graph, name).scale)
+
+
+def harness_digest() -> str:
+    """What, besides the model, decides the artifacts: this code and the tool versions."""
+    h = hashlib.sha256()
+    for src in ("quantize.py", "ppq_env.py"):
+        h.update((Path(__file__).parent / src).read_bytes())
+    for dist in _VERSIONED:
+        h.update(f"{dist}={metadata.version(dist)}".encode())
+    return h.hexdigest()
+
+
+class Quantizer:
+    """Session-wide quantization service: disk cache, memory cache and counters."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self.calibrations = 0
+        self.exports = 0
+        self._models: dict[tuple[str, str], QuantizedModel] = {}
+        self._exports: dict[tuple[str, int], list[StreamingExport]] = {}
+
+    # ------------------------------------------------------------------ models
+    def model(self, spec: ModelSpec, target: Target) -> QuantizedModel:
+        """The quantized sub-models of ``spec`` for ``target`` (calibrating only on a cache miss)."""
+        memo = (spec.name, target.name)
+        if memo not in self._models:
+            self._models[memo] = self._load_or_build(spec, target)
+        return self._models[memo]
+
+    def _load_or_build(self, spec: ModelSpec, target: Target) -> QuantizedModel:
+        import_ppq()
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed)
+            submodels = [m.eval() for m in spec.build_submodels(dict(spec.config))]
+        if not submodels:
+            raise QuantizationError(f"model '{spec.name}' has no sub-models", "build_submodels must return a list")
+        key = hashlib.sha256(
+            "\n".join(
+                [spec.source_digest(submodels), spec.config_json(), target.name, str(spec.bits), harness_digest()]
+            ).encode()
+        ).hexdigest()
+        directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
+        if not (directory / "manifest.json").is_file():
+            staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            self._build(spec, target, submodels, staging)
+            try:
+                os.replace(staging, directory)
+            except OSError:  # another worker finished first: keep theirs
+                shutil.rmtree(staging, ignore_errors=True)
+        return _load(spec, target, key, directory)
+
+    def _build(self, spec: ModelSpec, target: Target, submodels: list, out: Path) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(spec.seed)
+        t = spec.sequence_length
+        sequences = torch.randn(spec.calibration_sequences, spec.channels, t, generator=gen)
+        test_input = torch.randn(1, spec.channels, t, generator=gen)
+        platform = target.ppq_platform(spec.bits)
+        manifest: dict = {"model": spec.name, "target": target.name, "bits": spec.bits, "modules": []}
+        prev_scale = None
+        residual_graphs = []
+        for k, sub in enumerate(submodels):
+            with torch.no_grad():
+                outputs, test_output = sub(sequences), sub(test_input)
+            name = f"m{k}"
+            onnx_path = out / f"{name}.offline.onnx"
+            self._export_onnx(sub, [sequences[:1]], onnx_path, OFFLINE_IO, out / "logs" / f"{name}.onnx.log")
+            locks = (lambda g, s=prev_scale: {"input": s}) if prev_scale is not None else None
+            offline, _ = self._quantize(
+                onnx_path, platform, spec.bits, [s.unsqueeze(0) for s in sequences], [test_input], locks,
+                out / "logs" / f"{name}.offline.quantize.log",
+            )
+            entry = {
+                "index": k,
+                "in_channels": int(sequences.shape[1]),
+                "out_channels": int(outputs.shape[1]),
+                "cache_shape": None,
+                "unlocked": [],
+            }
+            streaming = None
+            cache_shape = getattr(sub, "cache_shape", None) if spec.streaming == "explicit" else None
+            if cache_shape is not None:
+                entry["cache_shape"] = list(cache_shape)
+                streaming, unlocked = self._quantize_explicit(spec, platform, sub, sequences, offline, out, name)
+                entry["unlocked"] = unlocked
+                if unlocked:
+                    residual_graphs.append(k)
+            self._export_offline(platform, offline, test_input, out / f"{name}.offline.espdl")
+            _save_graph(offline, out / f"{name}.offline.native")
+            if streaming is not None:
+                _save_graph(streaming, out / f"{name}.streaming.native")
+            prev_scale = var_config(offline, "output").scale.clone()
+            manifest["modules"].append(entry)
+            sequences, test_input = outputs, test_output
+        manifest["tolerance_lsb"], manifest["tolerance_reason"] = spec.tolerance_lsb, spec.tolerance_reason
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if residual_graphs:
+            _measure_residual(spec, target, out)
+
+    def _export_onnx(self, module, example: list, path: Path, io_names, log: Path) -> None:
+        import onnx
+        import torch
+        from onnxsim import simplify
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with ppq_call(f"export {path.name} to ONNX", log):
+            torch.onnx.export(
+                module, tuple(example), str(path), opset_version=18, do_constant_folding=True, dynamo=False,
+                input_names=io_names[0], output_names=io_names[1],
+            )
+            simplified, ok = simplify(onnx.load(str(path)))
+            if ok:
+                onnx.save(simplified, str(path))
+
+    def _quantize(self, onnx_path: Path, platform, bits: int, calib: list, example: list,
+                  locks: Callable | None, log: Path):
+        """ESP-PPQ's quantize_onnx_model, with the calibration pass able to lock scales first."""
+        import esp_ppq.lib as PFL
+        from esp_ppq.api.interface import dispatch_graph, load_onnx_graph
+        from esp_ppq.api.setting import QuantizationSettingFactory
+        from esp_ppq.executor import TorchExecutor
+        from esp_ppq.quantization.optim import RuntimeCalibrationPass
+
+        setting = QuantizationSettingFactory.espdl_setting(bits)
+        lock_pass = None
+        with ppq_call(f"quantize {onnx_path.stem}", log):
+            graph = load_onnx_graph(onnx_import_file=str(onnx_path))
+            graph = dispatch_graph(graph, platform, setting.dispatcher, setting.dispatching_table)
+            quantizer = PFL.Quantizer(platform, graph)
+            build_pipeline = quantizer.build_quant_pipeline
+
+            def with_locks(s):
+                nonlocal lock_pass
+                pipeline = build_pipeline(s)
+                for i, p in enumerate(pipeline._pipeline):
+                    if isinstance(p, RuntimeCalibrationPass):
+                        lock_pass = _locking_calibration(p, locks)
+                        pipeline._pipeline[i] = lock_pass
+                return pipeline
+
+            quantizer.build_quant_pipeline = with_locks
+            executor = TorchExecutor(graph=quantizer._graph, device=DEVICE)
+            quantizer.quantize(
+                inputs=example, calib_dataloader=calib, executor=executor, setting=setting,
+                calib_steps=min(len(calib), 5000), collate_fn=lambda batch: batch,
+            )
+        if lock_pass is None:
+            raise QuantizationError("ESP-PPQ's pipeline has no calibration pass", "use esp-ppq 1.3.x")
+        self.calibrations += int(lock_pass.calibrated)
+        return quantizer._graph, lock_pass.unlocked
+
+    def _quantize_explicit(self, spec, platform, sub, sequences, offline, out: Path, name: str):
+        """Streaming graph of an explicit-cache sub-model, exponents locked to the offline graph."""
+        import torch
+
+        w = spec.calibration_window
+        cache_shape = tuple(sub.cache_shape)
+        windows = []
+        with torch.no_grad():
+            for seq in sequences:
+                cache = torch.zeros(1, *cache_shape)
+                for chunk in torch.split(seq.unsqueeze(0), w, dim=2):
+                    windows.append([chunk, cache])
+                    _, cache = sub.streaming_forward(chunk, cache)
+        onnx_path = out / f"{name}.streaming.onnx"
+        self._export_onnx(_StreamingWrapper(sub), windows[1], onnx_path, STREAMING_IO, out / "logs" / f"{name}.streaming.onnx.log")
+        _check_streaming_io(onnx_path, f"module {name[1:]} of '{spec.name}'")
+        graph, unlocked = self._quantize(
+            onnx_path, platform, spec.bits, windows, windows[1], lambda g: corresponding_scales(offline, g),
+            out / "logs" / f"{name}.streaming.quantize.log",
+        )
+        differing = [
+            n for n, e in locked_exponents(offline, graph).items() if e[0] != e[1]
+        ]
+        return graph, sorted(set(unlocked) | set(differing))
+
+    def _export_offline(self, platform, graph, test_input, path: Path) -> None:
+        import esp_ppq.lib as PFL
+        from esp_ppq.api import generate_test_value
+
+        names = [v.name for v in graph.variables.values() if not v.is_parameter]
+        with ppq_call(f"export {path.name}", path.with_suffix(".export.log")):
+            values = generate_test_value(graph, DEVICE, [test_input], names)
+            PFL.Exporter(platform=platform).export(str(path), graph, values_for_test=values, export_config=True)
+        self.exports += 1
+
+    # ----------------------------------------------------------------- exports
+    def streaming_exports(self, qm: QuantizedModel, window: int) -> list[StreamingExport]:
+        """One streaming ``.espdl`` per sub-model for ``window`` frames (cached)."""
+        memo = (qm.key, window)
+        if memo in self._exports:
+            return self._exports[memo]
+        error = qm.spec.window_error(window)
+        if error:
+            raise ConfigError(error, "pick window sizes that divide it (--window-sizes)")
+        directory = qm.directory / f"W{window}"
+        manifest = directory / "manifest.json"
+        if not manifest.is_file():
+            staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            entries = [self._export_streaming(qm, m, window, staging) for m in qm.modules]
+            (staging / "manifest.json").write_text(json.dumps(entries, indent=2))
+            try:
+                os.replace(staging, directory)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+        exports = [
+            StreamingExport(**{**e, "path": directory / e["path"]}) for e in json.loads(manifest.read_text())
+        ]
+        self._exports[memo] = exports
+        return exports
+
+    def _export_streaming(self, qm: QuantizedModel, m: ModuleArtifacts, window: int, out: Path) -> dict:
+        import esp_ppq.lib as PFL
+
+        platform = qm.target.ppq_platform(qm.bits)
+        path = out / f"m{m.index}.espdl"
+        shape = [1, m.in_channels, window]
+        with (
+            ppq_call(f"export {qm.spec.name} module {m.index} for window {window}", out / f"m{m.index}.export.log"),
+            captured_layouts() as layouts,
+        ):
+            exporter = PFL.Exporter(platform=platform)
+            if m.streaming_graph is not None:  # explicit caches: the locked streaming graph at this window
+                _retrace(m.streaming_graph, {"input": shape, "cache": [1, *m.cache_shape]})
+                exporter.export(str(path), m.streaming_graph, export_config=True)
+            elif qm.spec.streaming == "auto":  # ESP-PPQ inserts StreamingCache ops into a copy
+                graph_input = m.offline_graph.variables["input"]
+                offline_shape = list(graph_input.shape)
+                # the exporter wants exactly one differing dimension, also when window == sequence length
+                graph_input.shape = [1, m.in_channels, -1]
+                try:
+                    exporter.export(str(path), m.offline_graph, auto_streaming=True,
+                                    streaming_input_shape=shape, export_config=True)
+                finally:
+                    graph_input.shape = offline_shape
+            else:  # explicit model, stateless module: the offline graph at this window
+                _retrace(m.offline_graph, {"input": shape})
+                try:
+                    exporter.export(str(path), m.offline_graph, export_config=True)
+                finally:
+                    _retrace(m.offline_graph, {"input": [1, m.in_channels, qm.spec.sequence_length]})
+        self.exports += 1
+        graph = m.streaming_graph if m.streaming_graph is not None else m.offline_graph
+        stateful = m.streaming_graph is not None
+        names = ["input", "output", *(["cache", "cache_out"] if stateful else [])]
+        missing = [n for n in names if layouts.get(n) not in ("NWC", "NCW")]
+        if missing:
+            raise QuantizationError(
+                f"{path}: no 1-D layout recorded for {', '.join(missing)} ({layouts})",
+                "streaming models must take and return [1, channels, frames] tensors",
+            )
+        exps = {n: var_exponent(graph, n) for n in names}
+        inputs = {n: (frame_shape(layouts[n], window, m.in_channels) if n == "input" else None, exps[n]) for n in names[::2]}
+        model = load_espdl(path)
+        check_interface(model, inputs, {n: exps[n] for n in names[1::2]}, path)
+        if qm.spec.streaming == "auto":
+            check_streaming_caches(model, path)
+        return {
+            "module": m.index,
+            "window": window,
+            "path": path.name,
+            "sha256": model.sha256,
+            "input": "input",
+            "output": "output",
+            "cache_input": "cache" if stateful else None,
+            "cache_output": "cache_out" if stateful else None,
+            "in_exponent": exps["input"],
+            "out_exponent": exps["output"],
+            "layouts": {n: layouts[n] for n in names},
+        }
+
+
+def _check_streaming_io(onnx_path: Path, what: str) -> None:
+    """The traced streaming graph must really take and return its cache (ONNX drops unused inputs)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inputs, outputs = [i.name for i in graph.input], [o.name for o in graph.output]
+    if "cache" not in inputs:
+        raise StreamingError(
+            f"{what}: streaming_forward does not use its cache input, so the streamed model would have no state",
+            "build the window from the cache (e.g. torch.cat([cache, h], dim=2)) or set cache_shape = None",
+        )
+    if outputs != STREAMING_IO[1]:
+        raise StreamingError(
+            f"{what}: streaming_forward returns {len(outputs)} tensors", "return (output, new_cache)"
+        )
+
+
+class _StreamingWrapper:
+    """Exposes ``streaming_forward(x, cache)`` as ``forward`` for ONNX export."""
+
+    def __new__(cls, sub):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.sub = sub
+
+            def forward(self, x, cache):
+                return self.sub.streaming_forward(x, cache)
+
+        return Wrapper().eval()
+
+
+def _locking_calibration(calibration, locks: Callable | None):
+    """ESP-PPQ's calibration pass, preceded by locking the scales ``locks(graph)`` knows.
+
+    Only activations left without a scale are calibrated on data; if there are
+    none, no calibration runs at all. ``calibrated`` and ``unlocked`` say what happened.
+    """
+    import torch
+    from esp_ppq.core import QuantizationStates
+    from esp_ppq.IR.quantize import QuantableOperation
+    from esp_ppq.quantization.optim import QuantizationOptimizationPass
+
+    class LockingCalibrationPass(QuantizationOptimizationPass):
+        def __init__(self):
+            super().__init__(name="Locked-scale Calibration Pass")
+            self.calibrated = False
+            self.unlocked: list[str] = []  # tensors no lock covered: calibrated on data
+
+        def optimize(self, graph, **kwargs) -> None:
+            scales = locks(graph) if locks else {}
+            pending = []
+            for op in graph.operations.values():
+                if not isinstance(op, QuantableOperation):
+                    continue
+                for cfg, var in op.config_with_variable:
+                    if var.is_parameter or cfg.state != QuantizationStates.INITIAL or cfg.dominated_by is not cfg:
+                        continue
+                    if var.name in scales:
+                        cfg.scale = scales[var.name].clone()
+                        cfg.offset = torch.zeros_like(cfg.scale)
+                        cfg.state = QuantizationStates.ACTIVATED
+                    else:
+                        pending.append(var.name)
+            self.unlocked = sorted(set(pending))
+            if pending:
+                calibration.optimize(graph=graph, **kwargs)
+                self.calibrated = True
+
+    return LockingCalibrationPass()
+
+
+def corresponding_scales(offline, streaming) -> dict:
+    """Scale of every streaming-graph activation that has a counterpart in the offline graph.
+
+    Both graphs are traced from the same module, so an op corresponds to an
+    offline op (the one of the same name, else the only structural fit) when
+    type and parameters are equal and each activation input comes from the
+    counterpart of its offline producer (or from a passive op, e.g. the cache's
+    Concat). Tensors moved by passive ops share one exponent on the chip, so
+    unmatched ones inherit it.
+    """
+    import torch
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    twins: dict[str, object] = {}
+
+    def same_source(var, twin_var) -> bool:
+        src = var.source_op
+        if src is None:
+            return twin_var.source_op is None and twin_var.name == var.name
+        if src.name in twins:
+            return twin_var.source_op is twins[src.name]
+        return src.type in PASSIVE_OPS
+
+    def corresponds(op, twin) -> bool:
+        return (
+            twin.type == op.type
+            and len(twin.inputs) == len(op.inputs)
+            and all(
+                a.is_parameter == b.is_parameter
+                and (
+                    torch.equal(torch.as_tensor(a.value), torch.as_tensor(b.value))
+                    if a.is_parameter and a.value is not None
+                    else a.is_parameter or same_source(a, b)
+                )
+                for a, b in zip(op.inputs, twin.inputs)
+            )
+        )
+
+    def anchored(op) -> bool:  # some input is pinned (graph input or matched producer), not only wildcards
+        return any(v.source_op is None or v.source_op.name in twins for v in op.inputs if not v.is_parameter)
+
+    taken: set[str] = set()
+    for op in streaming.topological_sort():
+        twin = offline.operations.get(op.name)
+        if twin is None or twin.name in taken or not corresponds(op, twin):
+            # torch numbers unnamed ops per type (/Add, /Add_1): fall back to a unique structural match
+            candidates = [
+                t for t in offline.operations.values() if t.name not in taken and anchored(op) and corresponds(op, t)
+            ]
+            twin = candidates[0] if len(candidates) == 1 else None
+        if twin is not None:
+            twins[op.name] = twin
+            taken.add(twin.name)
+    known: dict = {}
+    for name, twin in twins.items():
+        op = streaming.operations[name]
+        if not (isinstance(op, QuantableOperation) and isinstance(twin, QuantableOperation)):
+            continue
+        for var, cfg in [*zip(op.inputs, twin.input_quant_config), *zip(op.outputs, twin.output_quant_config)]:
+            if not var.is_parameter and cfg.scale is not None:
+                known.setdefault(var.name, cfg.scale)
+    changed = True
+    while changed:
+        changed = False
+        for op in streaming.operations.values():
+            if op.type not in PASSIVE_OPS:
+                continue
+            acts = [v for v in (*op.inputs, *op.outputs) if not v.is_parameter]
+            source = next((known[v.name] for v in acts if v.name in known), None)
+            for v in acts:
+                if source is not None and v.name not in known:
+                    known[v.name] = source
+                    changed = True
+    return known
+
+
+def locked_exponents(offline, streaming) -> dict[str, tuple[int, int]]:
+    """(offline, streaming) exponent of every streaming tensor with an offline counterpart."""
+    out = {}
+    for name, scale in corresponding_scales(offline, streaming).items():
+        out[name] = (exponent_of(scale), var_exponent(streaming, name))
+    return out
+
+
+def _retrace(graph, shapes: dict[str, list[int]]) -> None:
+    """Give every variable the shape it has for these input shapes (the exporter writes them)."""
+    import torch
+    from esp_ppq.executor import TorchExecutor
+
+    for name, shape in shapes.items():
+        graph.variables[name].shape = shape
+    names = [v.name for v in graph.variables.values() if not v.is_parameter]
+    values = TorchExecutor(graph, device=DEVICE).forward({n: torch.zeros(s) for n, s in shapes.items()}, output_names=names)
+    for n, v in zip(names, values):
+        graph.variables[n].shape = list(v.shape)
+
+
+def _save_graph(graph, path: Path) -> None:
+    from esp_ppq.api.interface import export_ppq_graph
+    from esp_ppq.core import TargetPlatform
+
+    with ppq_call(f"save {path.name}", path.with_suffix(".save.log")):
+        export_ppq_graph(graph, TargetPlatform.NATIVE, str(path))
+
+
+def _load_graph(path: Path):
+    from esp_ppq.api.interface import load_native_graph
+
+    with ppq_call(f"load {path.name}", path.with_suffix(".load.log")):
+        return load_native_graph(str(path))
+
+
+def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> QuantizedModel:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    modules = []
+    for entry in manifest["modules"]:
+        k = entry["index"]
+        offline = _load_graph(directory / f"m{k}.offline.native")
+        streaming_path = directory / f"m{k}.streaming.native"
+        streaming = _load_graph(streaming_path) if streaming_path.is_file() else None
+        modules.append(
+            ModuleArtifacts(
+                index=k,
+                offline_graph=offline,
+                streaming_graph=streaming,
+                offline_espdl=directory / f"m{k}.offline.espdl",
+                in_channels=entry["in_channels"],
+                out_channels=entry["out_channels"],
+                cache_shape=tuple(entry["cache_shape"]) if entry["cache_shape"] else None,
+                in_exponent=var_exponent(offline, "input"),
+                out_exponent=var_exponent(offline, "output"),
+                unlocked=entry["unlocked"],
+            )
+        )
+    return QuantizedModel(
+        spec, target, key, directory, modules, manifest["tolerance_lsb"], manifest["tolerance_reason"]
+    )
+
+
+def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
+    """Some streaming tensors could not be locked: measure the residual they cause, make it the tolerance."""
+    from harness.frames import generate_frames
+    from harness.reference import offline_reference
+    from harness.streaming import stream_on_host
+
+    qm = _load(spec, target, "", directory)
+    frames = generate_frames(qm, seed=spec.seed + 1000, sequences=spec.calibration_sequences)
+    worst = 0
+    for w in range(1, spec.sequence_length + 1):
+        if spec.window_error(w) is None:
+            streamed = stream_on_host(qm, frames, w)
+            expected = offline_reference(qm, frames)
+            worst = max(worst, int(abs(streamed[-1].data.astype(int) - expected[-1].data.astype(int)).max()))
+    unlocked = sorted({n for m in qm.modules for n in m.unlocked})
+    manifest = json.loads((directory / "manifest.json").read_text())
+    if worst > manifest["tolerance_lsb"]:
+        manifest["tolerance_lsb"] = worst
+        manifest["tolerance_reason"] = (
+            f"streaming tensors {', '.join(unlocked)} have no offline counterpart and were calibrated on "
+            f"their own; measured residual {worst} LSB over {spec.calibration_sequences} sequences at every window size"
+        )
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,169 @@
+"""Model specs: how a user adds a streaming model without editing the harness.
+
+A spec is a Python file defining::
+
+    NAME = "my_model"              # id used in test ids and --models
+    STREAMING = "explicit"         # "explicit": sub-models carry caches in streaming_forward
+                                   # "auto": ESP-PPQ auto_streaming inserts StreamingCache ops
+    CONFIG = {"channels": 64, "sequence_length": 36, ...}
+    def build_submodels(config) -> list[torch.nn.Module]: ...
+
+The harness reads the keys in ``HARNESS_KEYS`` from ``CONFIG`` (with the
+defaults below); every other key is the model's own and is only hashed into
+the artifact cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import ConfigError
+
+STREAMING_MODES = ("explicit", "auto")
+
+HARNESS_KEYS: dict[str, Any] = {
+    "channels": None,  # input channels of the first sub-model (required)
+    "sequence_length": None,  # frames in one offline sequence (required)
+    "bits": 8,  # activation bits: 8 or 16
+    "seed": 0,  # weights, calibration data, frames and test values derive from it
+    "calibration_sequences": 8,  # random sequences used to calibrate each sub-model
+    "calibration_window": 3,  # explicit caches: window the streaming graph is traced with
+    "sequences": 2,  # frame sequences streamed per case
+    "tolerance_lsb": 0,  # allowed |streamed - offline| in LSB
+    "tolerance_reason": "",  # why a non-zero tolerance is right (shown in reports)
+}
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass
+class ModelSpec:
+    """A loaded, validated model spec."""
+
+    name: str
+    streaming: str
+    config: dict[str, Any]
+    path: Path
+    build_submodels: Callable[[dict], list] = field(repr=False)
+
+    def __getattr__(self, key: str) -> Any:
+        if key in HARNESS_KEYS:
+            return self.config[key]
+        raise AttributeError(key)
+
+    def window_error(self, window: int) -> str | None:
+        """Why ``window`` cannot stream this model, or None."""
+        t = self.sequence_length
+        if window < 1 or t % window:
+            divisors = ", ".join(str(d) for d in range(1, t + 1) if t % d == 0)
+            return (
+                f"window size {window} does not divide the sequence length {t} of model "
+                f"'{self.name}'; choose one of {divisors}"
+            )
+        return None
+
+    def source_digest(self, submodels: list) -> str:
+        """sha256 over the spec file and the source files of every module class it builds."""
+        files = {self.path}
+        for sub in submodels:
+            for module in sub.modules():
+                src = inspect.getsourcefile(type(module))
+                if src and "site-packages" not in src:
+                    files.add(Path(src).resolve())
+        h = hashlib.sha256()
+        for f in sorted(files):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True, default=str)
+
+
+def _fail(path: Path, cause: str, fix: str) -> ConfigError:
+    return ConfigError(f"model spec {path}: {cause}", fix)
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Import and validate one spec file."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise _fail(path, "file not found", "pass the path of a Python spec file to --model-spec")
+    module_name = f"_hil_spec_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # classes defined in the spec can then be inspected and pickled
+    search = [str(path.parent), str(MODELS_DIR.parent)]  # the spec's siblings, and `models.*`
+    sys.path[:0] = search
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user file: any error must become one clear line
+        sys.modules.pop(module_name, None)
+        raise _fail(
+            path, f"cannot be imported: {type(exc).__name__}: {exc}", "fix the file (see README, 'Adding a model')"
+        ) from exc
+    finally:
+        for entry in search:
+            sys.path.remove(entry)
+
+    name = getattr(module, "NAME", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise _fail(path, "NAME is missing or not an identifier", "define NAME = 'my_model'")
+    streaming = getattr(module, "STREAMING", None)
+    if streaming not in STREAMING_MODES:
+        raise _fail(path, f"STREAMING is {streaming!r}", f"set STREAMING to one of {', '.join(STREAMING_MODES)}")
+    build = getattr(module, "build_submodels", None)
+    if not callable(build):
+        raise _fail(path, "build_submodels(config) is missing", "define it to return the list of sub-models")
+    user_config = getattr(module, "CONFIG", None)
+    if not isinstance(user_config, dict):
+        raise _fail(path, "CONFIG is missing or not a dict", "define CONFIG = {'channels': ..., 'sequence_length': ...}")
+    config = {**HARNESS_KEYS, **user_config}
+    for key in ("channels", "sequence_length"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
+    if config["bits"] not in (8, 16):
+        raise _fail(path, f"CONFIG['bits'] is {config['bits']!r}", "use 8 or 16")
+    for key in ("calibration_sequences", "calibration_window", "sequences"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
+    if config["tolerance_lsb"] and not config["tolerance_reason"]:
+        raise _fail(path, "a non-zero tolerance_lsb needs a tolerance_reason", "say why the residual is expected")
+    loaded = ModelSpec(name, streaming, config, path, build)
+    if loaded.window_error(config["calibration_window"]) and streaming == "explicit":
+        raise _fail(path, loaded.window_error(config["calibration_window"]), "change CONFIG['calibration_window']")
+    return loaded
+
+
+def builtin_spec_paths() -> list[Path]:
+    """Spec files shipped in ``models/`` (those defining NAME)."""
+    return sorted(
+        p for p in MODELS_DIR.glob("*.py") if not p.name.startswith("_") and "\nNAME = " in p.read_text()
+    )
+
+
+def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = None) -> list[ModelSpec]:
+    """Built-in specs plus ``--model-spec`` files, filtered by ``--models``; names must be unique."""
+    specs: dict[str, ModelSpec] = {}
+    for path in [*builtin_spec_paths(), *(Path(p) for p in extra_paths or [])]:
+        spec = load_spec(path)
+        if spec.name in specs and specs[spec.name].path != spec.path:
+            raise _fail(
+                spec.path, f"NAME '{spec.name}' is already used by {specs[spec.name].path}", "give the model a new NAME"
+            )
+        specs[spec.name] = spec
+    if only:
+        unknown = [n for n in only if n not in specs]
+        if unknown:
+            raise ConfigError(
+                f"unknown model(s) {', '.join(unknown)} in --models", f"choose from {', '.join(sorted(specs))}"
+            )
+        return [specs[n] for n in only]
+    return list(specs.values())

@@ -1,0 +1,39 @@
+"""Shared fixtures for the harness's own tests: small model specs quantized once per session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.quantize import Quantizer
+from harness.spec import load_spec
+from harness.targets import get_target
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = Path(__file__).resolve().parent / "specs"
+
+
+@pytest.fixture(scope="session")
+def quantizer(tmp_path_factory) -> Quantizer:
+    return Quantizer(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny(quantizer):
+    """``tiny(spec_name, target)`` -> QuantizedModel of ``tests/specs/<spec_name>.py``, memoized."""
+
+    def get(name: str, target: str = "esp32p4"):
+        return quantizer.model(load_spec(SPECS / f"{name}.py"), get_target(target))
+
+    return get
+
+
+def run_pytest(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run pytest in a fresh process from the project root (as a user would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )

@@ -1,0 +1,114 @@
+"""Stage 1: one calibration per sub-model, exponents locked, exports checked, ESP-PPQ errors surfaced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.errors import QuantizationError
+from harness.espdl import load_espdl
+from harness.quantize import Quantizer, locked_exponents, var_exponent
+from harness.spec import load_spec
+from harness.targets import get_target
+from tests.conftest import SPECS
+
+
+@pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
+def test_one_calibration_per_submodule_and_none_when_warm(tmp_path, target):
+    spec = load_spec(SPECS / "tiny_explicit.py")
+    cold = Quantizer(tmp_path)
+    qm = cold.model(spec, get_target(target))
+    assert cold.calibrations == len(qm.modules) == 3  # the streaming graphs were not calibrated
+    cold.streaming_exports(qm, 3)
+    assert cold.exports == 3 + 3  # offline (with test values) + one streaming file per module
+    warm = Quantizer(tmp_path)
+    warm.streaming_exports(warm.model(spec, get_target(target)), 3)
+    assert (warm.calibrations, warm.exports) == (0, 0)
+
+
+def test_cache_key_changes_with_the_config(tmp_path, quantizer):
+    spec = load_spec(SPECS / "tiny_explicit.py")
+    first = quantizer.model(spec, get_target("esp32p4"))
+    spec.config = {**spec.config, "seed": 99}
+    other = Quantizer(quantizer.cache_dir).model(spec, get_target("esp32p4"))
+    assert other.key != first.key and other.directory != first.directory
+
+
+@pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
+def test_streaming_graph_is_locked_to_offline_exponents(tiny, target):
+    qm = tiny("tiny_explicit", target)
+    for m in qm.modules:
+        if m.streaming_graph is None:
+            assert m.cache_shape is None
+            continue
+        pairs = locked_exponents(m.offline_graph, m.streaming_graph)
+        assert {"input", "output", "cache", "cache_out"} <= set(pairs)
+        assert all(offline == streaming for offline, streaming in pairs.values()), pairs
+        assert m.unlocked == []
+    # module k+1 takes module k's output without requantization
+    for prev, nxt in zip(qm.modules, qm.modules[1:]):
+        assert prev.out_exponent == nxt.in_exponent
+    assert qm.tolerance_lsb == 0
+
+
+def test_unlockable_tensor_is_reported_and_its_residual_becomes_the_tolerance(tiny):
+    from harness.compare import compare
+    from harness.frames import generate_frames
+    from harness.reference import offline_reference
+    from harness.streaming import stream_on_host
+
+    qm = tiny("unlockable")
+    assert qm.modules[0].unlocked == ["/Mul_output_0", "/Tanh_output_0"]
+    frames = generate_frames(qm, seed=qm.spec.seed + 1000, sequences=qm.spec.calibration_sequences)
+    reference = offline_reference(qm, frames)[-1]
+    residual = max(compare(reference, stream_on_host(qm, frames, w)[-1], w).max_abs_lsb for w in (1, 2, 3, 4, 6, 12))
+    assert residual > 0
+    assert qm.tolerance_lsb == residual
+    assert qm.tolerance_reason.startswith("streaming tensors /Mul_output_0, /Tanh_output_0 have no offline counterpart")
+
+
+@pytest.mark.parametrize("name, window", [("tiny_explicit", 2), ("tiny_auto", 3), ("tiny_auto", 12)])
+def test_exported_file_matches_its_graph(tiny, quantizer, name, window):
+    qm = tiny(name)
+    for export, m in zip(quantizer.streaming_exports(qm, window), qm.modules):
+        model = load_espdl(export.path)
+        graph = m.streaming_graph if m.streaming_graph is not None else m.offline_graph
+        expected_inputs = ["input", "cache"] if m.streaming_graph is not None else ["input"]
+        assert [i.name for i in model.inputs] == expected_inputs
+        assert model.input("input").shape == (1, window, m.in_channels)
+        for info in [*model.inputs, *model.outputs]:
+            assert info.exponents == (var_exponent(graph, info.name),)
+        assert (export.in_exponent, export.out_exponent) == (m.in_exponent, m.out_exponent)
+        caches = [n for n in model.nodes if n.op_type == "StreamingCache"]
+        if name == "tiny_auto" and m.cache_shape is None and m.index != 1:
+            assert [n.attributes["window_size"] for n in caches] == [5]
+        if name == "tiny_explicit":
+            assert caches == []
+
+
+def test_offline_export_embeds_test_values_for_every_tensor(tiny):
+    m = tiny("tiny_explicit").modules[0]
+    model = load_espdl(m.offline_espdl)
+    assert "input" in model.test_inputs
+    assert {"output", "/expand/expand.1/Mul_output_0"} <= set(model.test_outputs)
+    assert model.test_outputs["output"].exponents == (m.out_exponent,)
+
+
+def test_ppq_error_line_fails_the_export_and_leaves_no_global_state(tmp_path):
+    from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
+
+    quantizer = Quantizer(tmp_path)
+    qm = quantizer.model(load_spec(SPECS / "noncausal_auto.py"), get_target("esp32p4"))
+    with pytest.raises(QuantizationError, match=r"ESP-PPQ reported an error .*not support") as info:
+        quantizer.streaming_exports(qm, 3)
+    assert "\n" not in str(info.value) and ".export.log" in str(info.value)
+    assert StreamingTable().get_table() == {}
+    # the next export in the same process is unaffected
+    good = quantizer.model(load_spec(SPECS / "tiny_auto.py"), get_target("esp32p4"))
+    assert len(quantizer.streaming_exports(good, 3)) == 3
+
+
+def test_window_that_does_not_divide_is_refused(tiny, quantizer):
+    with pytest.raises(Exception, match="window size 5 does not divide the sequence length 12"):
+        quantizer.streaming_exports(tiny("tiny_auto"), 5)

@@ -1,0 +1,50 @@
+"""A whole run as a user starts it: case ids, target filtering, session.json, warm cache."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ROOT, run_pytest
+
+TINY = [f"--model-spec={ROOT}/tests/specs/tiny_explicit.py", f"--model-spec={ROOT}/tests/specs/tiny_auto.py",
+        "--models=tiny_explicit,tiny_auto"]
+
+
+def collected(*args: str) -> list[str]:
+    proc = run_pytest("--collect-only", "-q", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split("::")[-1] for line in proc.stdout.splitlines() if "::" in line]
+
+
+def test_target_option_selects_the_cases(tmp_path):
+    both = collected(f"--artifacts-dir={tmp_path}")
+    p4 = collected(f"--artifacts-dir={tmp_path}", "--target=esp32p4")
+    assert len(both) == 2 * len(p4) == 2 * 2 * 3  # targets x model families x default window sizes
+    assert "test_host_streaming_matches_offline[esp32p4-tcn_seed-W3]" in p4
+    assert all("[esp32p4-" in case for case in p4)
+    assert {c.split("[")[1].split("-")[0] for c in both} == {"esp32p4", "esp32s3"}
+
+
+def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
+    args = ["test_cases", "-q", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
+            "--target=esp32p4", "--window-sizes=1,3", *TINY]
+    cold = run_pytest(*args)
+    assert cold.returncode == 0, cold.stdout + cold.stderr
+    session = json.loads((tmp_path / "a" / "session.json").read_text())
+    assert (session["dut"], session["targets"]) == ("host", ["esp32p4"])
+    assert session["calibrations"] == 2 * 3  # (model family) x (sub-module), one target
+    assert session["exports"] == 2 * 3 + 2 * 2 * 3  # offline files + one per (window, model, sub-module)
+    cases = {c["id"]: c for c in session["cases"]}
+    assert set(cases) == {f"esp32p4-{m}-W{w}" for m in ("tiny_explicit", "tiny_auto") for w in (1, 3)}
+    assert all(
+        (c["verdict"], c["mismatches"], c["max_abs_lsb"], c["exponent_match"]) == ("pass", 0, 0, True)
+        for c in cases.values()
+    )
+    assert (tmp_path / "a" / "esp32p4-tiny_auto" / "frames.json").is_file()
+    assert "**4/4 cases pass.**" in (tmp_path / "a" / "report.md").read_text()
+
+    warm = run_pytest(*args)
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    session = json.loads((tmp_path / "a" / "session.json").read_text())
+    assert (session["calibrations"], session["exports"]) == (0, 0)
+    assert len(session["cases"]) == 4

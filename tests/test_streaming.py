@@ -1,0 +1,67 @@
+"""Host streaming-equivalence: it passes on correct models and catches broken streaming ones."""
+
+import numpy as np
+import pytest
+
+from harness.compare import compare, first_diverging_module
+from harness.errors import StreamingError
+from harness.frames import generate_frames
+from harness.reference import offline_reference
+from harness.streaming import HostStreamer, stream_on_host
+
+
+@pytest.mark.parametrize("name", ["tiny_explicit", "tiny_auto"])
+@pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
+def test_streamed_equals_offline_at_every_window(tiny, name, target):
+    qm = tiny(name, target)
+    frames = generate_frames(qm)
+    reference = offline_reference(qm, frames)
+    assert [r.exponent for r in reference] == [m.out_exponent for m in qm.modules]
+    for window in (1, 2, 3, 4, 6, 12):
+        streamed = stream_on_host(qm, frames, window)
+        for k, (e, s) in enumerate(zip(reference, streamed)):
+            result = compare(e, s, window)
+            assert result.passed and result.differing == 0, (window, k, result.summary())
+
+
+def test_reference_is_not_trivial(tiny):
+    qm = tiny("tiny_auto")
+    out = offline_reference(qm, generate_frames(qm))[-1].data
+    assert out.dtype == np.int8 and np.count_nonzero(out) > out.size // 2 and out.std() > 3
+
+
+def test_stale_cache_is_caught_after_the_first_window(tiny):
+    qm = tiny("stale_cache")
+    frames = generate_frames(qm)
+    reference = offline_reference(qm, frames)
+    streamed = stream_on_host(qm, frames, 3)
+    result = compare(reference[-1], streamed[-1], 3)
+    assert not result.passed
+    assert result.first_divergence["window"] == 1  # window 0 starts from a zero cache on both sides
+    assert first_diverging_module(reference, streamed, 3, 0) == 0
+
+
+def test_reset_gives_the_same_outputs_as_a_fresh_start(tiny):
+    qm = tiny("tiny_auto")
+    seq = generate_frames(qm).values[0]
+    streamer = HostStreamer(qm)
+    first = [streamer.step(seq[i : i + 3], qm.input_exponent)[-1] for i in range(0, 12, 3)]
+    again = [streamer.step(seq[i : i + 3], qm.input_exponent)[-1] for i in range(0, 12, 3)]
+    streamer.reset()
+    after_reset = [streamer.step(seq[i : i + 3], qm.input_exponent)[-1] for i in range(0, 12, 3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, after_reset))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, again))  # state really is carried
+
+
+def test_non_causal_conv_cannot_stream(tiny):
+    qm = tiny("noncausal_auto")
+    with pytest.raises(StreamingError, match=r"time padding \[1, 1\] but sees 3 frames.*make it causal"):
+        stream_on_host(qm, generate_frames(qm), 3)
+
+
+def test_ignored_cache_input_is_one_clear_error(tiny):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=r"module 0 of 'ignored_cache': streaming_forward does not use its cache") as info:
+        tiny("ignored_cache")
+    assert "\n" not in str(info.value)
