@@ -47,7 +47,8 @@ class Settings:
     artifacts_dir: Path
     cache_dir: Path
     frames_path: Path | None
-    dut: str = "host"
+    dut: str  # "virtual" or "board": what the streaming cases run on
+    dut_reason: str  # why (shown in the run header)
 
     def cases(self) -> list[Case]:
         return [Case(t, s, w) for t in self.targets for s in self.specs for w in self.windows]
@@ -72,6 +73,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--model-spec", action="append", default=[], metavar="PATH", help="extra model spec file (repeatable)")
     group.addoption("--artifacts-dir", default="artifacts", help="where session.json, reports and case files go")
     group.addoption("--frames", default=None, metavar="NPY", help="float frames [T, C] or [S, T, C] instead of generated ones")
+    group.addoption(
+        "--dut", default="auto", choices=("auto", "virtual", "board"),
+        help="device under test: a board, the virtual board, or auto (a board if one is found, else virtual)",
+    )
     _add_option(group, "--target", default=None, help="target chip(s): esp32p4, esp32s3 (default: both)")
     _add_option(group, "--cache-dir", default=None, help="artifact cache (default: <rootdir>/.hil-cache)")
 
@@ -98,6 +103,7 @@ def _settings(config: pytest.Config) -> Settings:
                 raise HarnessError(f"--window-sizes: {error}", "pass window sizes that divide it")
     frames = config.getoption("frames")
     cache = config.getoption("cache_dir")
+    dut, dut_reason = _choose_dut(config.getoption("dut"))
     return Settings(
         targets=targets,
         windows=windows,
@@ -105,7 +111,21 @@ def _settings(config: pytest.Config) -> Settings:
         artifacts_dir=under_root(config.getoption("artifacts_dir")),
         cache_dir=under_root(cache) if cache else root / ".hil-cache",
         frames_path=under_root(frames) if frames else None,
+        dut=dut,
+        dut_reason=dut_reason,
     )
+
+
+def _choose_dut(requested: str) -> tuple[str, str]:
+    """Which device the streaming cases run on, and why."""
+    if requested == "board":
+        raise HarnessError(
+            "--dut board: this harness version has no firmware runner to flash",
+            "run with --dut virtual (the default when no board is present)",
+        )
+    if requested == "virtual":
+        return "virtual", "requested with --dut virtual"
+    return "virtual", "--dut auto: no board support in this version, using the virtual board"
 
 
 SETTINGS = pytest.StashKey[Settings]()
@@ -131,7 +151,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     return [
-        f"espdl-hil: dut={settings.dut} targets={','.join(t.name for t in settings.targets)} "
+        f"espdl-hil: DUT = {settings.dut} ({settings.dut_reason})",
+        f"espdl-hil: targets={','.join(t.name for t in settings.targets)} "
         f"models={','.join(s.name for s in settings.specs)} windows={','.join(map(str, settings.windows))}",
         f"espdl-hil: cache={settings.cache_dir} artifacts={settings.artifacts_dir}",
     ]
@@ -152,6 +173,7 @@ class HilSession:
     report: object = None
     _frames: dict = field(default_factory=dict)
     _references: dict = field(default_factory=dict)
+    _boards: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from harness.quantize import Quantizer
@@ -178,6 +200,19 @@ class HilSession:
         if key not in self._references:
             self._references[key] = offline_reference(qm, self.frames(qm))
         return self._references[key]
+
+    def board(self, target: str):
+        """The virtual board serving ``target`` (started on first use, one per target)."""
+        from harness.virtual_board import VirtualBoard
+
+        if target not in self._boards:
+            log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
+            self._boards[target] = VirtualBoard(target, log).start()
+        return self._boards[target]
+
+    def close(self) -> None:
+        for board in self._boards.values():
+            board.stop()
 
 
 def _hil_session(config: pytest.Config) -> HilSession:
@@ -222,6 +257,33 @@ def reference(hil_session: HilSession, quantized_model, frames):
 
 
 @pytest.fixture
+def device(hil_case: Case, hil_session: HilSession):
+    """Stage 4: a freshly reset streaming runner for the case's target, behind pytest-embedded's serial DUT."""
+    from pytest_embedded.dut_factory import DutFactory
+
+    from harness.dut import DeviceLink
+    from harness.protocol import ProtocolError
+
+    board = hil_session.board(hil_case.target.name)
+    dut = DutFactory.create(embedded_services="serial", port=board.port)
+    with dut.serial.disable_redirect_thread():
+
+        def log(level: int, text: str) -> None:
+            dut.serial._q.put(f"[device] {text}\n".encode())
+
+        link = DeviceLink(dut.serial.proc, f"virtual {hil_case.target.name} board", on_log=log, liveness=board.exit_reason)
+        board.reset()
+        link.wait_boot()
+        info = link.hello()
+        if info.target != hil_case.target.name:
+            raise ProtocolError(
+                f"the device runs {info.target} firmware but the case is for {hil_case.target.name}",
+                f"flash the {hil_case.target.name} runner or pick --target {info.target}",
+            )
+        yield link
+
+
+@pytest.fixture
 def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession, quantized_model):
     """Stage 5: record a comparison in session.json (and save the streams for the case)."""
 
@@ -254,4 +316,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if settings is None:
         return
     hil = _hil_session(config)
+    hil.close()
     hil.report.write(settings.artifacts_dir, hil.quantizer.calibrations, hil.quantizer.exports)

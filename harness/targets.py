@@ -38,6 +38,26 @@ class Target:
         scaled = np.asarray(x, dtype=np.float32) * np.float32(2.0 ** -exponent)
         return np.clip(self.round(scaled), lo, hi).astype(int_dtype(bits))
 
+    def shift_round(self, acc: np.ndarray, shift: int | np.ndarray) -> np.ndarray:
+        """Integer ``acc / 2**shift`` rounded like the chip's shifts (``shift <= 0``: exact left shift)."""
+        acc = np.asarray(acc, dtype=np.int64)
+        shift = np.asarray(shift, dtype=np.int64)
+        left = acc << np.maximum(-shift, 0)
+        s = np.maximum(shift, 0)
+        half = np.where(s > 0, np.int64(1) << np.maximum(s - 1, 0), 0)
+        if self.rounding == "half_up":
+            right = (acc + half) >> s
+        else:
+            q = acc >> s
+            r = acc - (q << s)
+            right = q + ((r > half) | ((r == half) & (s > 0) & ((q & 1) == 1)))
+        return np.where(shift > 0, right, left)
+
+    def requantize(self, values: np.ndarray, shift: int, bits: int) -> np.ndarray:
+        """Move integers to an exponent ``shift`` higher (``assign`` between tensors on the chip), saturating."""
+        lo, hi = int_range(bits)
+        return np.clip(self.shift_round(values, shift), lo, hi).astype(int_dtype(bits))
+
     def ppq_platform(self, bits: int):
         """The ESP-PPQ ``TargetPlatform`` for this chip at ``bits`` (imports esp-ppq)."""
         from esp_ppq.api import get_target_platform

@@ -1,0 +1,536 @@
+"""The virtual board: a separate process that behaves like an ESP32 running the streaming runner.
+
+It owns the device side of a pseudo-terminal, speaks ``docs/protocol.md``
+exactly as the firmware does, and executes the uploaded ``.espdl`` bytes with
+the integer engine (``harness.engine``: ESP-DL's arithmetic for the selected
+target) under the runner's scheduler (``harness.scheduler``). The host opens
+the pty path like any serial port. A reset ("EN pin") comes over the control
+channel (the process's stdin): it drops everything a reset clears on a chip —
+models, configuration, state — and sends the BOOT banner, after the host has
+opened the port (pyserial flushes input on open).
+
+Run standalone: ``python -m harness.virtual_board --target esp32p4`` prints
+``PTY /dev/pts/N`` and serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness import protocol as p
+from harness.scheduler import BacklogFull, Scheduler, Task
+from harness.targets import Target, get_target, int_dtype
+
+MAX_SLOTS = 16
+CREDITS = 64  # frames the board buffers
+PSRAM_BYTES = 32 << 20
+INTERNAL_BYTES = 512 << 10
+ESP_DL_SEMANTICS = "esp-dl 3.3.9 integer semantics (emulated)"
+
+
+def build_id() -> str:
+    """Identifies the emulator build: a digest of the code that decides what it computes."""
+    h = hashlib.sha256()
+    for name in ("engine.py", "scheduler.py", "virtual_board.py", "protocol.py", "targets.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return "virtual-" + h.hexdigest()[:16]
+
+
+class BoardError(Exception):
+    """A request the runner refuses: becomes an ERROR message."""
+
+    def __init__(self, code: p.ErrorCode, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+@dataclass
+class Upload:
+    size: int
+    sha256: bytes
+    name: str
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class ModuleRuntime:
+    """One configured module: its engine, tensor names and carried cache."""
+
+    engine: object
+    config: p.ModuleConfig
+    input_shape: tuple[int, ...]
+    output_channels: int
+    output_bits: int
+    cache: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.engine.reset()
+        if self.config.cache_input:
+            info = next(i for i in self.engine.inputs if i.name == self.config.cache_input)
+            self.cache = np.zeros(info.shape, dtype=info.dtype)
+
+
+@dataclass
+class Batch:
+    """Outputs of one module waiting to go out together (CONFIGURE.output_batch)."""
+
+    first_window: int
+    blocks: list[bytes] = field(default_factory=list)
+    cycles: list[int] = field(default_factory=list)  # per module 0..k, summed over the windows
+    microseconds: list[int] = field(default_factory=list)
+    step: int = 0
+
+
+class Board:
+    """The runner's state machine, transport-free: ``handle(packet) -> messages to send``."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.reboot()
+
+    def reboot(self) -> list:
+        self.greeted = False  # nothing but HELLO is served before HELLO
+        self.expected_seq: int | None = None
+        self.models: dict[int, tuple] = {}  # slot -> (EspdlModel, size in bytes)
+        self.uploads: dict[int, Upload] = {}
+        self._unconfigure()
+        return [p.Boot(f"espdl-hil streaming runner (virtual {self.target.name}) ready")]
+
+    def _unconfigure(self) -> None:
+        self.modules: list[ModuleRuntime] = []
+        self.scheduler: Scheduler | None = None
+        self.configure: p.Configure | None = None
+        self._restart_stream()
+
+    def _restart_stream(self) -> None:
+        self._timings: dict[int, list[p.Timing]] = {}
+        self._batches: dict[int, Batch] = {}
+        for runtime in self.modules:
+            runtime.reset()
+        if self.scheduler is not None:
+            self.scheduler.reset()
+
+    # --------------------------------------------------------------- dispatch
+    def handle(self, packet: p.Packet) -> list:
+        message = packet.message
+        self._out: list = []
+        if isinstance(message, p.Hello):
+            self.expected_seq = (packet.seq + 1) & 0xFFFF
+        else:
+            if self.expected_seq is not None and packet.seq != self.expected_seq:
+                self._out.append(p.Log(p.LogLevel.WARNING, f"seq gap: expected {self.expected_seq}, got {packet.seq}"))
+            self.expected_seq = (packet.seq + 1) & 0xFFFF
+        handler = {
+            p.Hello: self._hello,
+            p.ModelBegin: self._model_begin,
+            p.ModelChunk: self._model_chunk,
+            p.ModelEnd: self._model_end,
+            p.Configure: self._configure,
+            p.Reset: self._reset,
+            p.Frames: self._frames,
+            p.Flush: self._flush,
+        }.get(type(message))
+        try:
+            if handler is None:
+                raise BoardError(p.ErrorCode.UNKNOWN_MESSAGE, f"{type(message).__name__} is not a host request")
+            if not self.greeted and not isinstance(message, p.Hello):
+                raise BoardError(p.ErrorCode.NOT_CONFIGURED, "send HELLO first")
+            detail = handler(message)
+            if detail is not None:
+                self._out.append(p.Ack(message.TYPE, packet.seq, detail))
+        except BoardError as exc:
+            self._out.append(p.Error(exc.code, message.TYPE, packet.seq, exc.text))
+            if isinstance(message, p.Frames) and exc.code != p.ErrorCode.CREDIT_EXCEEDED:
+                self._out.append(p.Credit(message.count))  # dropped frames are credited back
+        return self._out
+
+    def frame_error(self, error: p.FrameError) -> list:
+        if error.reason in p.FrameError.FRAMING:
+            return [p.Error(p.ErrorCode.BAD_FRAME, 0, p.BAD_FRAME_REF_SEQ, str(error))]
+        return [p.Error(error.error_code, error.msg_type or 0, error.seq or 0, str(error))]
+
+    # --------------------------------------------------------------- requests
+    def _hello(self, m: p.Hello):
+        if not m.min_version <= p.PROTOCOL_VERSION <= m.max_version:
+            raise BoardError(p.ErrorCode.VERSION_UNSUPPORTED, f"supported versions: {p.PROTOCOL_VERSION}")
+        self.greeted = True
+        used = sum(len(u.data) for u in self.uploads.values()) + sum(size for _, size in self.models.values())
+        self._out.append(
+            p.Info(
+                version=p.PROTOCOL_VERSION,
+                max_payload=p.DEFAULT_MAX_PAYLOAD,
+                credits=CREDITS,  # every frame is stepped as it arrives: all of them are free again
+                free_internal_bytes=INTERNAL_BYTES,
+                free_psram_bytes=PSRAM_BYTES - used,
+                target=self.target.name,
+                build_id=build_id(),
+                esp_dl_version=ESP_DL_SEMANTICS,
+                idf_version="none (host process)",
+                device_kind="virtual",
+            )
+        )
+
+    def _model_begin(self, m: p.ModelBegin):
+        if m.slot >= MAX_SLOTS:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot} >= {MAX_SLOTS}")
+        if m.size > PSRAM_BYTES:
+            raise BoardError(p.ErrorCode.OUT_OF_MEMORY, f"model of {m.size} bytes does not fit in PSRAM")
+        if m.slot in self.models:
+            del self.models[m.slot]
+            self._unconfigure()  # a configuration may use the replaced model
+        self.uploads[m.slot] = Upload(m.size, m.sha256, m.name)
+        return b""
+
+    def _model_chunk(self, m: p.ModelChunk):
+        upload = self.uploads.get(m.slot)
+        if upload is None:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"no MODEL_BEGIN for slot {m.slot}")
+        if m.offset != len(upload.data) or m.offset + len(m.data) > upload.size:
+            self.uploads.pop(m.slot)
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"chunk at {m.offset} (+{len(m.data)}), have {len(upload.data)} of {upload.size}")
+        upload.data += m.data
+        return b""
+
+    def _model_end(self, m: p.ModelEnd):
+        from harness.engine import Engine
+        from harness.errors import HarnessError
+        from harness.espdl import load_espdl
+
+        upload = self.uploads.pop(m.slot, None)
+        if upload is None:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"no MODEL_BEGIN for slot {m.slot}")
+        data = bytes(upload.data)
+        if len(data) != upload.size:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot}: {len(data)} of {upload.size} bytes received")
+        if hashlib.sha256(data).digest() != upload.sha256:
+            raise BoardError(p.ErrorCode.MODEL_SHA_MISMATCH, f"slot {m.slot}: SHA-256 of the {len(data)} bytes differs")
+        try:
+            model = load_espdl(data, name=upload.name)
+            Engine(model, self.target)  # like dl::Model's load: refuses unknown ops now, not mid-stream
+        except HarnessError as exc:
+            raise BoardError(p.ErrorCode.MODEL_LOAD_FAILED, f"{upload.name}: {exc}") from None
+        self.models[m.slot] = (model, len(data))
+        return b""
+
+    def _configure(self, m: p.Configure):
+        from harness.engine import Engine
+
+        self._unconfigure()  # a failed CONFIGURE leaves the device unconfigured
+        if m.flags & ~p.CONFIGURE_FLAG_ALL_OUTPUTS:
+            raise BoardError(p.ErrorCode.BAD_CONFIG, f"reserved flag bits set: {m.flags:#04x}")
+        if not m.modules or m.window < 1:
+            raise BoardError(p.ErrorCode.BAD_CONFIG, "need at least one module and a window of at least one frame")
+        runtimes, acks = [], []
+        for k, mc in enumerate(m.modules):
+            if mc.slot not in self.models:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: slot {mc.slot} holds no model")
+            model, _ = self.models[mc.slot]
+            names = {"input": [i.name for i in model.inputs], "output": [o.name for o in model.outputs]}
+            for role, name in (("input", mc.input), ("output", mc.output), ("input", mc.cache_input), ("output", mc.cache_output)):
+                if name and name not in names[role]:
+                    raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: model {model.name} has no {role} '{name}' ({', '.join(names[role])})")
+            if bool(mc.cache_input) != bool(mc.cache_output):
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: give both cache tensors or neither")
+            if mc.cache_input:
+                cin, cout = model.input(mc.cache_input), model.output(mc.cache_output)
+                if cin.shape != cout.shape or cin.exponents != cout.exponents:
+                    raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: cache '{mc.cache_output}' {list(cout.shape)} exp {list(cout.exponents)} cannot be copied into '{mc.cache_input}' {list(cin.shape)} exp {list(cin.exponents)}")
+            info_in, info_out = model.input(mc.input), model.output(mc.output)
+            if len(info_in.shape) != 3 or info_in.shape[0] != 1 or _frames_of(info_in.shape, mc.input_layout) != m.window:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: input '{mc.input}' is {list(info_in.shape)}, not {p.Layout(mc.input_layout).name} with {m.window} frames")
+            engine = Engine(model, self.target)
+            # like ESP-DL at load: infer every shape from the input (an export's value_info may be stale)
+            probe = engine.run({i.name: np.zeros(i.shape, dtype=i.dtype) for i in engine.inputs})[mc.output]
+            engine.reset()
+            if probe.ndim != 3 or _frames_of(probe.shape, mc.output_layout) != m.window:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' is {list(probe.shape)} for {m.window} frames in, not {p.Layout(mc.output_layout).name} with {m.window} frames")
+            runtime = ModuleRuntime(
+                engine, mc, tuple(info_in.shape), _channels(probe.shape, mc.output_layout), 8 if probe.dtype == np.int8 else 16
+            )
+            runtimes.append(runtime)
+            bits = 8 if info_in.dtype == "int8" else 16
+            acks.append(p.ConfigureAckModule(info_in.exponents[0], info_out.exponents[0], bits, _channels(info_in.shape, mc.input_layout), runtime.output_channels))
+        for k in range(1, len(runtimes)):
+            if runtimes[k - 1].output_channels != acks[k].input_channels:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k - 1} gives {runtimes[k - 1].output_channels} channels, module {k} takes {acks[k].input_channels}")
+        batch = max(1, m.output_batch)
+        for k, runtime in enumerate(runtimes):
+            if batch > p.max_windows_per_output(p.DEFAULT_MAX_PAYLOAD, m.window, runtime.output_channels, runtime.output_bits, k + 1):
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {m.window} x {runtime.output_channels} do not fit one OUTPUT of {p.DEFAULT_MAX_PAYLOAD} bytes")
+        self.modules, self.configure = runtimes, m
+        self.scheduler = Scheduler(len(runtimes), m.window, m.schedule, m.queue_depth, (acks[0].input_channels,), int_dtype(acks[0].bits))
+        self._restart_stream()
+        return p.pack_configure_ack(acks)
+
+    def _reset(self, m: p.Reset):
+        self._restart_stream()
+        return b""
+
+    def _frames(self, m: p.Frames):
+        if self.scheduler is None:
+            raise BoardError(p.ErrorCode.NOT_CONFIGURED, "FRAMES before CONFIGURE")
+        if m.count > CREDITS:
+            raise BoardError(p.ErrorCode.CREDIT_EXCEEDED, f"{m.count} frames with {CREDITS} credits")
+        if self.scheduler.stopped:
+            raise BoardError(p.ErrorCode.BACKLOG_FULL, self.scheduler.stopped)
+        if m.first_frame != self.scheduler.frames:
+            raise BoardError(p.ErrorCode.FRAME_OUT_OF_ORDER, f"first_frame {m.first_frame}, expected {self.scheduler.frames}")
+        channels, dtype = self.scheduler._frame_shape[0], self.scheduler._dtype
+        if m.frame_bytes != channels * dtype.itemsize:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"frames of {m.frame_bytes} bytes, the model takes {channels} x {dtype}")
+        frames = np.frombuffer(m.data, dtype=dtype.newbyteorder("<")).reshape(m.count, channels)
+        try:
+            for frame in frames:
+                self.scheduler.push(frame, self._run)
+        except BacklogFull as exc:
+            raise BoardError(p.ErrorCode.BACKLOG_FULL, str(exc)) from None
+        self._out.append(p.Credit(m.count))  # the virtual board steps frames as they arrive
+        return None
+
+    def _flush(self, m: p.Flush):
+        if self.scheduler is None:
+            raise BoardError(p.ErrorCode.NOT_CONFIGURED, "FLUSH before CONFIGURE")
+        self.scheduler.flush(self._run)
+        for module in sorted(self._batches):
+            self._send_batch(module)
+        return b""
+
+    # -------------------------------------------------------------- execution
+    def _run(self, task: Task, step: int):
+        runtime = self.modules[task.module]
+        x = task.data
+        if task.module == 0:  # the window buffer is [W, C] frames
+            x = x if runtime.config.input_layout == p.Layout.NWC else x.T
+        feeds = {runtime.config.input: np.ascontiguousarray(x).reshape(runtime.input_shape)}
+        if runtime.cache is not None:
+            feeds[runtime.config.cache_input] = runtime.cache
+        start = time.perf_counter_ns()
+        outputs = runtime.engine.run(feeds)
+        elapsed_us = (time.perf_counter_ns() - start) // 1000
+        if runtime.cache is not None:
+            runtime.cache = outputs[runtime.config.cache_output].reshape(runtime.cache.shape)
+        y = outputs[runtime.config.output]
+        timings = self._timings.setdefault(task.window, [])
+        timings.append(p.Timing(cycles=0, microseconds=int(elapsed_us)))  # cycles are not modelled
+        last = task.module == len(self.modules) - 1
+        if last or self.configure.flags & p.CONFIGURE_FLAG_ALL_OUTPUTS:
+            self._add_to_batch(task, step, y, timings)
+        if last:
+            del self._timings[task.window]
+            return None
+        return self._to_next(task.module, y)
+
+    def _add_to_batch(self, task: Task, step: int, y: np.ndarray, timings: list) -> None:
+        batch = self._batches.setdefault(task.module, Batch(task.window, cycles=[0] * (task.module + 1), microseconds=[0] * (task.module + 1)))
+        batch.blocks.append(y.astype(y.dtype.newbyteorder("<")).tobytes())
+        for k, timing in enumerate(timings[: task.module + 1]):
+            batch.cycles[k] += timing.cycles
+            batch.microseconds[k] += timing.microseconds
+        batch.step = step
+        if len(batch.blocks) >= max(1, self.configure.output_batch):
+            self._send_batch(task.module)
+
+    def _send_batch(self, module: int) -> None:
+        batch = self._batches.pop(module)
+        runtime = self.modules[module]
+        self._out.append(
+            p.Output(
+                window=batch.first_window, windows=len(batch.blocks), module=module, step=batch.step,
+                layout=runtime.config.output_layout,
+                bits=runtime.output_bits,
+                exponent=runtime.engine.exponent(runtime.config.output), frames=self.configure.window,
+                channels=runtime.output_channels,
+                timings=tuple(p.Timing(c, us) for c, us in zip(batch.cycles, batch.microseconds)),
+                data=b"".join(batch.blocks),
+            )
+        )
+
+    def _to_next(self, k: int, y: np.ndarray) -> np.ndarray:
+        """Module k's output as module k+1's input: transposed if layouts differ, requantized if exponents do."""
+        src, dst = self.modules[k], self.modules[k + 1]
+        if src.config.output_layout != dst.config.input_layout:
+            y = y.transpose(0, 2, 1)
+        shift = dst.engine.exponent(dst.config.input) - src.engine.exponent(src.config.output)
+        if shift:
+            y = self.target.requantize(y, shift, y.dtype.itemsize * 8)
+        return np.ascontiguousarray(y)
+
+
+def _frames_of(shape, layout) -> int:
+    return shape[1] if layout == p.Layout.NWC else shape[2]
+
+
+def _channels(shape, layout) -> int:
+    return shape[2] if layout == p.Layout.NWC else shape[1]
+
+
+# ------------------------------------------------------------------ transport
+class PtyServer:
+    """Serves a Board on the master side of a pty, with reset/quit on a control fd."""
+
+    def __init__(self, board: Board, control_fd: int, baud: int | None = None):
+        self.board = board
+        self.control_fd = control_fd
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)  # no echo, no CR/LF translation, before anyone opens it
+        self.path = os.ttyname(self.slave)  # the slave stays open here so the master never reads EIO
+        os.set_blocking(self.master, False)
+        self.decoder = p.FrameDecoder()
+        self.seq = 0
+        self.outbox = bytearray()
+        self.bytes_per_second = baud / 10 if baud else None  # 8N1: 10 bits per byte
+        self._budget_time = time.monotonic()
+        self._read_budget = self._write_budget = 0.0
+
+    def send(self, messages: list, restart_numbering: bool = False) -> None:
+        """Queue messages for the host; BOOT and the reply to HELLO restart the numbering at 0."""
+        for message in messages:
+            if isinstance(message, p.Boot):
+                self.outbox += b"\x00"  # ends whatever half-frame the host may hold (ROM text on a chip)
+                self.seq = 0
+            elif restart_numbering:
+                self.seq, restart_numbering = 0, False
+            self.outbox += p.encode(message, self.seq)
+            self.seq = (self.seq + 1) & 0xFFFF
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self.bytes_per_second:
+            gained = (now - self._budget_time) * self.bytes_per_second
+            cap = self.bytes_per_second * 0.05
+            self._read_budget = min(cap, self._read_budget + gained)
+            self._write_budget = min(cap, self._write_budget + gained)
+        self._budget_time = now
+
+    def serve(self) -> None:
+        control = b""
+        while True:
+            self._refill()
+            limit_read = int(self._read_budget) if self.bytes_per_second else 65536
+            limit_write = int(self._write_budget) if self.bytes_per_second else len(self.outbox)
+            readers = [self.control_fd] + ([self.master] if limit_read > 0 else [])
+            writers = [self.master] if self.outbox and limit_write > 0 else []
+            timeout = 0.005 if self.bytes_per_second and (self.outbox or limit_read <= 0) else 0.5
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+            if self.control_fd in readable:
+                chunk = os.read(self.control_fd, 4096)
+                if not chunk:
+                    return  # the parent went away: power off
+                control += chunk
+                while b"\n" in control:
+                    command, control = control.split(b"\n", 1)
+                    if command.strip() == b"reset":
+                        self.outbox.clear()
+                        self.decoder = p.FrameDecoder()
+                        self.send(self.board.reboot())
+                    elif command.strip() == b"quit":
+                        return
+            if self.master in writable:
+                try:
+                    written = os.write(self.master, bytes(self.outbox[: max(1, limit_write)]))
+                except BlockingIOError:
+                    written = 0
+                del self.outbox[:written]
+                if self.bytes_per_second:
+                    self._write_budget -= written
+            if self.master in readable:
+                try:
+                    data = os.read(self.master, max(1, limit_read))
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EIO:
+                        continue
+                    raise
+                if self.bytes_per_second:
+                    self._read_budget -= len(data)
+                for item in self.decoder.feed(data):
+                    if isinstance(item, p.FrameError):
+                        self.send(self.board.frame_error(item))
+                    else:
+                        self.send(self.board.handle(item), restart_numbering=isinstance(item.message, p.Hello))
+
+
+class VirtualBoard:
+    """Parent-side handle of a virtual board process (one per target in use)."""
+
+    def __init__(self, target: str, log_path: Path, baud: int | None = None):
+        self.target = target
+        self.log_path = log_path
+        self.baud = baud
+        self.process: subprocess.Popen | None = None
+        self.port = ""
+
+    def start(self, timeout: float = 30.0) -> "VirtualBoard":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "harness.virtual_board", "--target", self.target]
+        if self.baud:
+            command += ["--baud", str(self.baud)]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline().decode().strip() if ready else ""
+        if not line.startswith("PTY "):
+            self.stop()
+            raise RuntimeError(f"virtual board for {self.target} did not start (see {self.log_path})")
+        self.port = line[4:]
+        return self
+
+    def reset(self) -> None:
+        """Press EN: the board drops its state and sends the BOOT banner."""
+        self.process.stdin.write(b"reset\n")
+        self.process.stdin.flush()
+
+    def exit_reason(self) -> str | None:
+        """Why the board is gone, or None while it runs."""
+        if self.process is None:
+            return "virtual board not started"
+        code = self.process.poll()
+        return None if code is None else f"virtual board process exited with code {code}, log {self.log_path}"
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.process.stdin.write(b"quit\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--baud", type=int, default=None, help="throttle the link like a UART at this baud rate")
+    args = parser.parse_args(argv)
+    server = PtyServer(Board(get_target(args.target)), sys.stdin.fileno(), args.baud)
+    print(f"PTY {server.path}", flush=True)
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
