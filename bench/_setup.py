@@ -37,7 +37,11 @@ def connect(target: str, baud: int | None = None):
 
 
 def stream_joined(link, quantizer, qm, window: int, sequences: int):
-    """Upload, configure as the harness does by default, stream ``sequences`` back to back; (frames, seconds)."""
+    """Upload, configure as the harness does by default, stream ``sequences`` back to back.
+
+    Returns (frames, seconds, link stats before streaming, after) -- uploads excluded.
+    """
+    import copy
     import dataclasses
     import time
 
@@ -49,7 +53,10 @@ def stream_joined(link, quantizer, qm, window: int, sequences: int):
     exports = quantizer.streaming_exports(qm, window)
     t, c = joined.values.shape[1:]
     batch = default_output_batch(link, window, c, qm.bits, len(exports), t // window)
-    load_pipeline(link, exports, window, "round-robin", False, batch, queue_depth_for(window, len(exports), t))
+    # round-robin runs one module per frame step: with fewer frames per window than modules it cannot keep up
+    schedule = "round-robin" if window >= len(exports) else "sequential"
+    load_pipeline(link, exports, window, schedule, False, batch, queue_depth_for(window, len(exports), t))
+    before = copy.copy(link.stats)
     start = time.perf_counter()
     run_sequences(link, joined, window, len(exports), all_modules=False)
-    return joined, time.perf_counter() - start
+    return joined, time.perf_counter() - start, before, copy.copy(link.stats)

@@ -20,14 +20,13 @@ def main() -> None:
     parser.add_argument("--target", default="esp32p4")
     parser.add_argument("--windows", default="1,3,6")
     parser.add_argument("--baud", type=int, default=921600)
-    parser.add_argument("--sequences", type=int, default=16)
+    parser.add_argument("--sequences", type=int, default=64, help="streamed back to back: long enough for a steady state")
     args = parser.parse_args()
     quantizer, qm = quantized(args.model, args.target)
     board, port, link = connect(args.target, baud=args.baud)
     try:
         for window in (int(w) for w in args.windows.split(",")):
-            quantizer.streaming_exports(qm, window)
-            joined, seconds = stream_joined(link, quantizer, qm, window, args.sequences)
+            joined, seconds, _, _ = stream_joined(link, quantizer, qm, window, args.sequences)
             frames, channels = joined.values.shape[1:]
             line_rate = args.baud / 10 / (channels * joined.values.dtype.itemsize)
             achieved = frames / seconds

@@ -10,7 +10,6 @@ CREDIT/RESET/FLUSH/ACK messages included). Uploads are not counted.
 from __future__ import annotations
 
 import argparse
-import copy
 
 from _setup import connect, quantized, stream_joined
 
@@ -26,10 +25,7 @@ def main() -> None:
     board, port, link = connect(args.target)
     try:
         for window in (int(w) for w in args.windows.split(",")):
-            quantizer.streaming_exports(qm, window)
-            before = copy.copy(link.stats)
-            stream_joined(link, quantizer, qm, window, args.sequences)
-            after = link.stats
+            _, _, before, after = stream_joined(link, quantizer, qm, window, args.sequences)
             up = (after.frame_bytes_sent - before.frame_bytes_sent) / (after.sent_bytes - before.sent_bytes)
             down = (after.output_bytes_received - before.output_bytes_received) / (after.received_bytes - before.received_bytes)
             payload = (after.frame_bytes_sent - before.frame_bytes_sent) + (after.output_bytes_received - before.output_bytes_received)

@@ -79,9 +79,13 @@ class DeviceLink:
         self._tx_seq = 0
         self._rx_seq: int | None = None
         self._synced = False  # frame errors before BOOT/INFO are boot noise, not link failures
+        self._awaiting_hello_reply = False  # frames before it carry the device's old numbering
 
     # ------------------------------------------------------------------ wire
     def send(self, message, prefix: bytes = b"") -> int:
+        if isinstance(message, p.Hello):  # both sides restart their numbering (protocol.md section 4)
+            self._tx_seq, self._rx_seq, self._awaiting_hello_reply = 0, None, True
+            self._pending.clear()
         seq = self._tx_seq
         self._tx_seq = (seq + 1) & 0xFFFF
         wire = prefix + p.encode(message, seq)
@@ -112,7 +116,12 @@ class DeviceLink:
 
     def _accept(self, packet: p.Packet) -> None:
         message = packet.message
-        if isinstance(message, p.Boot):
+        if self._awaiting_hello_reply:
+            if not (packet.seq == 0 and isinstance(message, (p.Info, p.Error))):
+                return
+            self._awaiting_hello_reply, self._synced = False, True
+            self._rx_seq = 0
+        elif isinstance(message, p.Boot):
             self._synced, self._rx_seq = True, packet.seq
         elif self._rx_seq is not None and packet.seq != (self._rx_seq + 1) & 0xFFFF:
             lost = (packet.seq - self._rx_seq - 1) & 0xFFFF
@@ -131,8 +140,9 @@ class DeviceLink:
 
     def _read(self, timeout: float) -> bytes:
         """Wait up to ``timeout`` for a first byte, then take everything already there."""
-        self.port.timeout = timeout
         try:
+            if self.port.timeout != timeout:
+                self.port.timeout = timeout  # pyserial reconfigures the port on every assignment
             data = self.port.read(1)
             waiting = self.port.in_waiting if data else 0
             return data + self.port.read(waiting) if waiting else data
@@ -208,16 +218,8 @@ class DeviceLink:
 
     def hello(self) -> p.Info:
         """Negotiate the version; the device restarts its numbering and grants fresh credits."""
-        self._tx_seq = 0
         self.send(p.Hello(p.PROTOCOL_VERSION, p.PROTOCOL_VERSION), prefix=b"\x00")
-        self._pending.clear()
-        self._rx_seq = None
-        while True:
-            packet = self.receive()
-            message = packet.message
-            if packet.seq == 0 and isinstance(message, (p.Info, p.Error)):
-                break  # frames before this one carry the old numbering
-        self._rx_seq, self._synced = 0, True
+        message = self.receive().message
         if isinstance(message, p.Error):
             raise DeviceError(message, self.name)
         self.info, self.credits, self.max_payload = message, message.credits, message.max_payload

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.espdl import EspdlModel, Node, TensorInfo
-from harness.targets import Target, get_target
+from harness.targets import Shifter, Target, get_target
 
 
 class EngineError(HarnessError):
@@ -30,7 +30,6 @@ class EngineError(HarnessError):
 _INT = {"int8": (np.int8, -128, 127), "int16": (np.int16, -32768, 32767)}
 _QUANT_BITS = {"S8": 8, "S16": 16}
 _F32 = np.float32
-_HALF = np.float32(0.5)
 
 # Op types whose ESP-DL module takes the int8 table when the exporter stored one (get_operation_lut).
 LUT_AWARE_OPS = {
@@ -51,40 +50,6 @@ SUPPORTED_OPS = sorted(
 
 
 # ---------------------------------------------------------------- arithmetic primitives
-
-
-def round_f32(x: np.ndarray, rounding: str) -> np.ndarray:
-    """``tool::round`` on float32 values: P4 ``fcvt.w.s rne``; S3 ``floorf(v + 0.5)`` (sum rounded to float32)."""
-    x = np.asarray(x, dtype=_F32)
-    if rounding == "half_even":
-        return np.rint(x)
-    return np.floor(x + _HALF)
-
-
-class Shift:
-    """``shift_and_round`` by a scalar or per-channel shift (last axis); shift <= 0 is an exact left shift."""
-
-    def __init__(self, shift, rounding: str):
-        s = np.asarray(shift, dtype=np.int64)
-        self.shift = s
-        self.rounding = rounding
-        self.left = np.maximum(-s, 0)
-        self.right = np.maximum(s, 0)
-        self.half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
-        self.trivial = bool(np.all(s == 0))
-        self.any_left = bool(np.any(s < 0))
-
-    def __call__(self, acc: np.ndarray) -> np.ndarray:
-        if self.trivial:
-            return acc
-        acc = acc.astype(np.int64, copy=False)
-        if self.any_left:
-            acc = acc << self.left
-        if self.rounding == "half_up":
-            return (acc + self.half) >> self.right
-        q = acc >> self.right
-        r = acc - (q << self.right)
-        return q + ((r > self.half) | ((r == self.half) & (self.half > 0) & ((q & 1) == 1)))
 
 
 def wrap(values: np.ndarray, bits: int) -> np.ndarray:
@@ -482,7 +447,7 @@ def _build_conv(eng: Engine, node: Node) -> _Plan:
     if w_exps.size not in (1, n):
         raise EngineError(f"{where}: filter has {w_exps.size} exponents for {n} output channels",
                           "re-export the model with esp-ppq")
-    shift = Shift(np.broadcast_to(e_out - e_in - w_exps, (n,)), eng.rounding)
+    shift = eng.target.shifter(np.broadcast_to(e_out - e_in - w_exps, (n,)))
     bias = np.zeros(n, dtype=np.int64) if bias_t is None else np.asarray(bias_t.data, dtype=np.int64).reshape(-1)
     state = {"sat": 0}
 
@@ -599,7 +564,7 @@ def _build_dense(eng: Engine, node: Node) -> _Plan:
     w_exps = np.array(weight.exponents or (0,), dtype=np.int64)
     if w_exps.size not in (1, n):
         raise EngineError(f"{where}: weight has {w_exps.size} exponents for {n} outputs", "re-export with esp-ppq")
-    shift = Shift(np.broadcast_to(e_out - e_in - w_exps, (n,)), eng.rounding)
+    shift = eng.target.shifter(np.broadcast_to(e_out - e_in - w_exps, (n,)))
     bias = np.zeros(n, dtype=np.int64) if bias_t is None else np.asarray(bias_t.data, dtype=np.int64).reshape(-1)
     plans = []
     for m in mats:
@@ -701,7 +666,7 @@ def _build_mul(eng: Engine, node: Node) -> _Plan:
     exps = [eng._exp(name, node) if eng._const(name) is None else int((eng._const(name).exponents or (0,))[0])
             for name in node.inputs]
     mul_shift = eng._exp(node.outputs[0], node) - exps[0] - exps[1]
-    shift = Shift(mul_shift, eng.rounding)
+    shift = eng.target.shifter(mul_shift)
     lanes = 16 if bits == 8 else 8
     rescale = _F32(2.0 ** -mul_shift)
     c_path: dict[tuple, bool] = {}
@@ -714,7 +679,7 @@ def _build_mul(eng: Engine, node: Node) -> _Plan:
             c_path[key] = elemwise_d0(prod.shape, x0.shape, x1.shape) < lanes
         if c_path[key] and bits == 16:
             # C fallback (inner length < 8): float(x0 * x1) * 2^-shift, rounded: int16 products lose bits past 2^24
-            y = round_f32(prod.astype(_F32) * rescale, eng.rounding)
+            y = eng.target.round(prod.astype(_F32) * rescale)
         else:
             y = shift(prod)
         return [_sat(y, out_type)]
@@ -734,8 +699,8 @@ def _build_requant(eng: Engine, node: Node) -> _Plan:
     if src_info.dtype == "float32":  # QuantizeLinear from float: clip(round(x * 2^-e))
         inv = _dl_scale(-e_out)
         return _Plan(node, (src,), node.outputs,
-                     lambda x: [_sat(round_f32(x.astype(_F32) * inv, eng.rounding), out_type)])
-    shift = Shift(e_out - e_in, eng.rounding)
+                     lambda x: [_sat(eng.target.round(x.astype(_F32) * inv), out_type)])
+    shift = eng.target.shifter(e_out - e_in)
     return _Plan(node, tuple(acts), node.outputs, lambda x: [_sat(shift(x), out_type)])
 
 
@@ -752,7 +717,6 @@ def _float_activation(eng: Engine, node: Node, bits: int, x: np.ndarray) -> np.n
     a = node.attributes
     e_in, e_out = eng._exp(node.inputs[0], node), eng._exp(node.outputs[0], node)
     in_scale, out_scale = _dl_scale(e_in), _dl_scale(-e_out)
-    r = eng.rounding
     if op == "Relu" and e_in == e_out:
         return np.maximum(x, 0)
     with np.errstate(all="ignore"):
@@ -785,7 +749,7 @@ def _float_activation(eng: Engine, node: Node, bits: int, x: np.ndarray) -> np.n
             y = np.sqrt(t) * out_scale
         else:  # pragma: no cover - guarded by the builder
             raise EngineError(f"node {node.name!r}: no float path for {op}", "re-export with esp-ppq")
-        y = round_f32(y, r)
+        y = eng.target.round(y)
         lo, hi = _INT["int8" if bits == 8 else "int16"][1:]
         y = np.nan_to_num(y, nan=0.0, posinf=hi, neginf=lo)
         return np.clip(y, lo, hi).astype(np.int64)
@@ -834,16 +798,8 @@ def _build_activation(eng: Engine, node: Node) -> _Plan:
 
 
 def lut16_index(u: np.ndarray, step: int, rounding: str) -> np.ndarray:
-    """Table index of ``u = x + 32768``: nearest entry, ties by the target's rounding (dl_base_lut.cpp)."""
-    s = step.bit_length() - 1
-    if s == 0:
-        return u
-    idx = u >> s
-    r = u & (step - 1)
-    h = step >> 1
-    if rounding == "half_even":
-        return idx + ((r > h) | ((r == h) & ((idx & 1) == 1)))
-    return idx + (r >= h)
+    """Table index of ``u = x + 32768``: the nearest entry, ``u / step`` rounded like the target (dl_base_lut.cpp)."""
+    return Shifter(step.bit_length() - 1, rounding)(u)
 
 
 def _build_clip(eng: Engine, node: Node) -> _Plan:
@@ -856,7 +812,7 @@ def _build_clip(eng: Engine, node: Node) -> _Plan:
     mn = int(np.asarray(consts[1].data).reshape(-1)[0]) if len(consts) > 1 and consts[1] is not None else lo
     mx = int(np.asarray(consts[2].data).reshape(-1)[0]) if len(consts) > 2 and consts[2] is not None else hi
     rescale = _dl_scale(eng._exp(node.inputs[0], node)) * _dl_scale(-eng._exp(node.outputs[0], node))
-    full = round_f32(np.clip(_full_range(bits), mn, mx).astype(_F32) * rescale, eng.rounding)
+    full = eng.target.round(np.clip(_full_range(bits), mn, mx).astype(_F32) * rescale)
     lut = _sat(full, out_type)
     offset = 1 << (bits - 1)
     return _Plan(node, (node.inputs[0],), node.outputs, lambda x: [lut[x.astype(np.int64) + offset]])
@@ -909,7 +865,7 @@ def _build_avgpool(eng: Engine, node: Node) -> _Plan:
         total = view.sum(axis=(2, 3))  # padded positions add nothing
         area = kernel[0] * kernel[1]  # always the full kernel (count_include_pad=1 on chip)
         scale = (_dl_scale(e_in) * (_F32(1) / _F32(area))) * _dl_scale(-e_out)
-        y = round_f32(total.astype(_F32) * scale, eng.rounding)
+        y = eng.target.round(total.astype(_F32) * scale)
         shape = (1, oh, ow, x.shape[-1]) if x.ndim == 4 else (1, ow, x.shape[-1])
         return [_sat(y, out_type).reshape(shape)]
 
@@ -950,7 +906,7 @@ def _build_reducemean(eng: Engine, node: Node) -> _Plan:
         ax = tuple(range(x.ndim)) if not axes else tuple(a % x.ndim for a in axes)
         total = x.astype(np.int64).sum(axis=ax, keepdims=bool(keep))
         count = int(np.prod([x.shape[a] for a in ax]))
-        y = round_f32(((total.astype(_F32) * in_scale) / _F32(count)) * out_scale, eng.rounding)
+        y = eng.target.round(((total.astype(_F32) * in_scale) / _F32(count)) * out_scale)
         y = _sat(y, out_type)
         return [y.reshape(1) if y.ndim == 0 else y]
 

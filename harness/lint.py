@@ -18,6 +18,10 @@ from harness.espdl import EspdlModel
 TEMPORAL_OPS = {"Conv", "AveragePool", "MaxPool"}
 
 
+class LintWarning(UserWarning):
+    """An exported model on which the chip will compute something else than ESP-PPQ's simulation."""
+
+
 def receptive_window(kernel: int, dilation: int = 1) -> int:
     """Frames a temporal op looks at: ESP-PPQ's streaming cache window is this minus one."""
     return dilation * (kernel - 1) + 1

@@ -10,6 +10,7 @@ in the artifact cache, so parametrized cases share them.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,18 @@ class Case:
         return f"{self.target.name}-{self.spec.name}-W{self.window}"
 
 
+@dataclass(frozen=True)
+class ModelCase:
+    """A model on a target, independent of the window size."""
+
+    target: Target
+    spec: ModelSpec
+
+    @property
+    def id(self) -> str:
+        return f"{self.target.name}-{self.spec.name}"
+
+
 @dataclass
 class Settings:
     """Validated command-line settings."""
@@ -52,6 +65,9 @@ class Settings:
 
     def cases(self) -> list[Case]:
         return [Case(t, s, w) for t in self.targets for s in self.specs for w in self.windows]
+
+    def model_cases(self) -> list[ModelCase]:
+        return [ModelCase(t, s) for t in self.targets for s in self.specs]
 
 
 def _split(value: str | None) -> list[str]:
@@ -159,9 +175,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    settings = metafunc.config.stash[SETTINGS]
     if "hil_case" in metafunc.fixturenames:
-        cases = metafunc.config.stash[SETTINGS].cases()
+        cases = settings.cases()
         metafunc.parametrize("hil_case", cases, ids=[c.id for c in cases])
+    elif "hil_model" in metafunc.fixturenames:
+        cases = settings.model_cases()
+        metafunc.parametrize("hil_model", cases, ids=[c.id for c in cases])
 
 
 @dataclass
@@ -174,6 +194,7 @@ class HilSession:
     _frames: dict = field(default_factory=dict)
     _references: dict = field(default_factory=dict)
     _boards: dict = field(default_factory=dict)
+    warned: set = field(default_factory=set)  # lint findings already shown
 
     def __post_init__(self) -> None:
         from harness.quantize import Quantizer
@@ -234,8 +255,17 @@ def quantized_model(hil_case: Case, hil_session: HilSession):
 
 @pytest.fixture
 def streaming_exports(hil_case: Case, hil_session: HilSession, quantized_model):
-    """Stage 1: the streaming ``.espdl`` of each sub-model for the case's window size."""
-    return hil_session.quantizer.streaming_exports(quantized_model, hil_case.window)
+    """Stage 1: the streaming ``.espdl`` of each sub-model for the case's window size (lint findings warned)."""
+    from harness.lint import LintWarning
+
+    exports = hil_session.quantizer.streaming_exports(quantized_model, hil_case.window)
+    for e in exports:
+        for finding in e.lint:
+            key = (hil_case.target.name, hil_case.spec.name, e.module, finding)
+            if key not in hil_session.warned:  # once per session, not once per window size
+                hil_session.warned.add(key)
+                warnings.warn(LintWarning(f"{hil_case.target.name} {hil_case.spec.name} module {e.module}: {finding}"))
+    return exports
 
 
 @pytest.fixture
@@ -304,6 +334,7 @@ def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: Hil
             hil_case.window,
             result,
             tolerance_reason=quantized_model.tolerance_reason or None,
+            lint=[f"module {m.index}: {f}" for m in quantized_model.modules for f in m.lint],
             **extra,
         )
 

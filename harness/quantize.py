@@ -38,7 +38,7 @@ from typing import Callable
 
 from harness.errors import ConfigError, QuantizationError, StreamingError
 from harness.espdl import load_espdl
-from harness.lint import check_interface, check_streaming_caches
+from harness.lint import check_interface, check_streaming_caches, lint_model
 from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call
 from harness.spec import ModelSpec
 from harness.targets import Target
@@ -63,6 +63,7 @@ class ModuleArtifacts:
     in_exponent: int
     out_exponent: int
     unlocked: list[str] = field(default_factory=list)  # streaming tensors calibrated on their own
+    lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation (offline file)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class StreamingExport:
     in_exponent: int
     out_exponent: int
     layouts: dict[str, str]  # on-chip layout of input/output/cache tensors: "NWC" (frame axis 1) or "NCW" (axis 2)
+    lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation
 
 
 def frame_shape(layout: str, frames: int, channels: int) -> list[int]:
@@ -312,13 +314,21 @@ class Quantizer:
         return graph, sorted(set(unlocked) | set(differing))
 
     def _export_offline(self, platform, graph, test_input, path: Path) -> None:
+        """The offline model with test values for every tensor the chip keeps, for ``Model::test()``."""
         import esp_ppq.lib as PFL
         from esp_ppq.api import generate_test_value
 
         names = [v.name for v in graph.variables.values() if not v.is_parameter]
-        with ppq_call(f"export {path.name}", path.with_suffix(".export.log")):
-            values = generate_test_value(graph, DEVICE, [test_input], names)
-            PFL.Exporter(platform=platform).export(str(path), graph, values_for_test=values, export_config=True)
+        while True:
+            with ppq_call(f"export {path.name}", path.with_suffix(".export.log")):
+                values = generate_test_value(graph, DEVICE, [test_input], names)
+                PFL.Exporter(platform=platform).export(str(path), graph, values_for_test=values, export_config=True)
+            model = load_espdl(path)
+            kept = {i.name for i in model.inputs} | {o for n in model.nodes for o in n.outputs}
+            if set(names) <= kept:
+                break
+            # fused away (e.g. a Conv output before its fused ReLU): Model::test() refuses a file naming them
+            names = [n for n in names if n in kept]
         self.exports += 1
 
     # ----------------------------------------------------------------- exports
@@ -342,9 +352,7 @@ class Quantizer:
                 os.replace(staging, directory)
             except OSError:
                 shutil.rmtree(staging, ignore_errors=True)
-        exports = [
-            StreamingExport(**{**e, "path": directory / e["path"]}) for e in json.loads(manifest.read_text())
-        ]
+        exports = [_exported(directory / e["path"], e, qm.target) for e in json.loads(manifest.read_text())]
         self._exports[memo] = exports
         return exports
 
@@ -407,6 +415,12 @@ class Quantizer:
             "out_exponent": exps["output"],
             "layouts": {n: layouts[n] for n in names},
         }
+
+
+def _exported(path: Path, entry: dict, target: Target) -> StreamingExport:
+    """A manifest entry with its file linted (lint is not cached: it follows the current rules)."""
+    findings = tuple(str(f) for f in lint_model(load_espdl(path), target))
+    return StreamingExport(**{**entry, "path": path, "lint": findings})
 
 
 def _check_streaming_io(onnx_path: Path, what: str) -> None:
@@ -615,6 +629,7 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
                 in_exponent=var_exponent(offline, "input"),
                 out_exponent=var_exponent(offline, "output"),
                 unlocked=entry["unlocked"],
+                lint=tuple(str(f) for f in lint_model(load_espdl(directory / f"m{k}.offline.espdl"), target)),
             )
         )
     return QuantizedModel(

@@ -16,6 +16,7 @@ waiting windows stop the stream (``BacklogFull``).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,7 +62,9 @@ class Scheduler:
         self.step = 0  # steps taken: one per frame, plus one per task FLUSH runs
         self.stopped: str | None = None  # why the stream stopped (backlog), until reset
         self._buffer = np.zeros((self.window, *self._frame_shape), dtype=self._dtype)  # oldest frame first
-        self._queue: list[Task] = []
+        self._ready: list[tuple[int, int, Task]] = []  # heap of runnable tasks by (window, module)
+        self._next_step: list[Task] = []  # round-robin: tasks that become ready at the next step
+        self._waiting: set[int] = set()  # windows whose last module has not run
 
     def push(self, frame: np.ndarray, run: Callable[[Task, int], object]) -> None:
         """One frame step: slide the frame into the window; queue a completed window; run what may run."""
@@ -72,33 +75,41 @@ class Scheduler:
         self._buffer[-1] = frame
         if self.frames % self.window == self.window - 1:
             window = self.frames // self.window
-            waiting = len({t.window for t in self._queue}) + 1
+            waiting = len(self._waiting) + 1
             if self.schedule == ROUND_ROBIN and waiting > self.queue_depth:
                 self.stopped = f"{waiting} windows waiting, queue_depth {self.queue_depth}"
                 raise BacklogFull(self.stopped)
-            self._queue.append(Task(window, 0, step, self._buffer.copy()))
+            self._waiting.add(window)
+            self._enqueue(Task(window, 0, step, self._buffer.copy()))
         self.frames += 1
         self._run_ready(step, run)
         self.step += 1
 
     def flush(self, run: Callable[[Task, int], object]) -> None:
         """Run every pending task, one per extra step."""
-        while self._queue:
+        while self._ready or self._next_step:
             self._run_ready(self.step, run)
             self.step += 1
 
+    def _enqueue(self, task: Task) -> None:
+        heapq.heappush(self._ready, (task.window, task.module, task))
+
     def _run_ready(self, step: int, run) -> None:
-        while True:
-            ready = [t for t in self._queue if t.ready_step <= step]
-            if not ready:
-                return
-            task = min(ready, key=lambda t: (t.window, t.module))  # the oldest ready task
-            self._queue.remove(task)
+        for task in self._next_step:  # ready from this step on
+            self._enqueue(task)
+        self._next_step = []
+        while self._ready:
+            _, _, task = heapq.heappop(self._ready)  # the oldest ready task
             output = run(task, step)
             if task.module + 1 < self.modules:
-                # sequential: the next module runs in this step; round-robin: from the next one
-                ready_step = step if self.schedule == SEQUENTIAL else step + 1
-                self._queue.append(Task(task.window, task.module + 1, ready_step, output))
+                follow = Task(task.window, task.module + 1, step, output)
+                if self.schedule == SEQUENTIAL:
+                    self._enqueue(follow)  # the next module runs in this same step
+                else:
+                    follow.ready_step = step + 1
+                    self._next_step.append(follow)
+            else:
+                self._waiting.discard(task.window)
             if self.schedule == ROUND_ROBIN:
                 return  # one module per step
 

@@ -82,4 +82,8 @@ class SessionReport:
         reasons = {(c["model"], c.get("tolerance_reason")) for c in data["cases"] if c.get("tolerance_reason")}
         if reasons:
             lines += ["", "## Tolerances", ""] + [f"- **{m}**: {r}" for m, r in sorted(reasons)]
+        lint = {(c["target"], c["model"], f) for c in data["cases"] for f in c.get("lint") or []}
+        if lint:
+            lines += ["", "## Where the chip computes something else than ESP-PPQ", ""]
+            lines += [f"- {t} **{m}** {f}" for t, m, f in sorted(lint)]
         return "\n".join(lines) + "\n"

@@ -38,31 +38,51 @@ class Target:
         scaled = np.asarray(x, dtype=np.float32) * np.float32(2.0 ** -exponent)
         return np.clip(self.round(scaled), lo, hi).astype(int_dtype(bits))
 
-    def shift_round(self, acc: np.ndarray, shift: int | np.ndarray) -> np.ndarray:
-        """Integer ``acc / 2**shift`` rounded like the chip's shifts (``shift <= 0``: exact left shift)."""
-        acc = np.asarray(acc, dtype=np.int64)
-        shift = np.asarray(shift, dtype=np.int64)
-        left = acc << np.maximum(-shift, 0)
-        s = np.maximum(shift, 0)
-        half = np.where(s > 0, np.int64(1) << np.maximum(s - 1, 0), 0)
-        if self.rounding == "half_up":
-            right = (acc + half) >> s
-        else:
-            q = acc >> s
-            r = acc - (q << s)
-            right = q + ((r > half) | ((r == half) & (s > 0) & ((q & 1) == 1)))
-        return np.where(shift > 0, right, left)
+    def shifter(self, shift) -> "Shifter":
+        """``acc / 2**shift`` rounded like the chip's shifts, for a scalar or per-channel (last axis) shift."""
+        return Shifter(shift, self.rounding)
 
     def requantize(self, values: np.ndarray, shift: int, bits: int) -> np.ndarray:
         """Move integers to an exponent ``shift`` higher (``assign`` between tensors on the chip), saturating."""
         lo, hi = int_range(bits)
-        return np.clip(self.shift_round(values, shift), lo, hi).astype(int_dtype(bits))
+        return np.clip(self.shifter(shift)(values), lo, hi).astype(int_dtype(bits))
 
     def ppq_platform(self, bits: int):
         """The ESP-PPQ ``TargetPlatform`` for this chip at ``bits`` (imports esp-ppq)."""
         from esp_ppq.api import get_target_platform
 
         return get_target_platform(self.name, bits)
+
+
+class Shifter:
+    """ESP-DL's ``shift_and_round``, prepared once for a shift: ``shift <= 0`` is an exact left shift.
+
+    Half up adds half and shifts (``tie728`` round macro, C ``shift_and_round``);
+    half to even rounds a remainder of exactly half to the even quotient (P4 ``vxrm``).
+    """
+
+    def __init__(self, shift, rounding: str):
+        s = np.asarray(shift, dtype=np.int64)
+        self.left = np.maximum(-s, 0)
+        self.right = np.maximum(s, 0)
+        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        # half up: (acc + half) >> s.  half to even: (acc + half - 1 + quotient's low bit) >> s, which
+        # carries exactly when the remainder is above half, or equal to it with an odd quotient.
+        self.even = rounding == "half_even"
+        self.offset = np.where(s > 0, half - 1, 0) if self.even else half
+        self.odd_bit = (s > 0).astype(np.int64)
+        self.trivial = bool(np.all(s == 0))
+        self.any_left = bool(np.any(s < 0))
+
+    def __call__(self, acc: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return acc
+        acc = np.asarray(acc).astype(np.int64, copy=False)
+        if self.any_left:
+            acc = acc << self.left
+        if self.even:
+            return (acc + self.offset + ((acc >> self.right) & self.odd_bit)) >> self.right
+        return (acc + self.offset) >> self.right
 
 
 TARGETS: dict[str, Target] = {

@@ -20,9 +20,11 @@ import errno
 import hashlib
 import os
 import pty
+import queue
 import select
 import subprocess
 import sys
+import threading
 import time
 import tty
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from harness.scheduler import BacklogFull, Scheduler, Task
 from harness.targets import Target, get_target, int_dtype
 
 MAX_SLOTS = 16
-CREDITS = 64  # frames the board buffers
+CREDITS = 256  # frames the board buffers: enough to keep the link busy while it computes
 PSRAM_BYTES = 32 << 20
 INTERNAL_BYTES = 512 << 10
 ESP_DL_SEMANTICS = "esp-dl 3.3.9 integer semantics (emulated)"
@@ -378,8 +380,81 @@ def _channels(shape, layout) -> int:
 
 
 # ------------------------------------------------------------------ transport
+class Wire:
+    """The serial line: moves bytes between the pty and the board in its own thread, at UART speed if asked.
+
+    Like a chip's UART driver it receives and transmits while the CPU computes,
+    so link time and compute time overlap. With ``baud`` it paces both
+    directions independently at baud / 10 bytes per second (8N1).
+    """
+
+    def __init__(self, master: int, baud: int | None, on_receive):
+        self.master = master
+        self.rate = baud / 10 if baud else None
+        self.on_receive = on_receive
+        self._tx = bytearray()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = False
+        self._thread = threading.Thread(target=self._pump, name="wire", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._tx += data
+        os.write(self._wake_w, b"w")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tx.clear()
+
+    def stop(self) -> None:
+        self._stop = True
+        os.write(self._wake_w, b"s")
+        self._thread.join(timeout=5)
+
+    def _pump(self) -> None:
+        budget_rx = budget_tx = 0.0
+        last = time.monotonic()
+        while not self._stop:
+            now = time.monotonic()
+            if self.rate:  # bytes the line carried since the last turn, at most 20 ms worth
+                budget_rx = min(self.rate * 0.02, budget_rx + (now - last) * self.rate)
+                budget_tx = min(self.rate * 0.02, budget_tx + (now - last) * self.rate)
+            last = now
+            can_rx = 65536 if not self.rate else int(budget_rx)
+            with self._lock:
+                pending = len(self._tx)
+            can_tx = pending if not self.rate else min(pending, int(budget_tx))
+            readers = [self._wake_r] + ([self.master] if can_rx > 0 else [])
+            writers = [self.master] if can_tx > 0 else []
+            paced = self.rate and ((pending and can_tx == 0) or can_rx == 0)
+            readable, writable, _ = select.select(readers, writers, [], 0.002 if paced else 0.5)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 4096)
+            if self.master in writable:
+                with self._lock:
+                    chunk = bytes(self._tx[:can_tx])
+                try:
+                    written = os.write(self.master, chunk)
+                except BlockingIOError:
+                    written = 0
+                with self._lock:
+                    del self._tx[:written]
+                budget_tx -= written
+            if self.master in readable:
+                try:
+                    data = os.read(self.master, can_rx)
+                except (BlockingIOError, OSError) as exc:
+                    if isinstance(exc, BlockingIOError) or exc.errno == errno.EIO:
+                        continue
+                    raise
+                budget_rx -= len(data)
+                self.on_receive(data)
+
+
 class PtyServer:
-    """Serves a Board on the master side of a pty, with reset/quit on a control fd."""
+    """Serves a Board on the master side of a pty; the control fd carries reset/quit (the EN pin)."""
 
     def __init__(self, board: Board, control_fd: int, baud: int | None = None):
         self.board = board
@@ -390,78 +465,50 @@ class PtyServer:
         os.set_blocking(self.master, False)
         self.decoder = p.FrameDecoder()
         self.seq = 0
-        self.outbox = bytearray()
-        self.bytes_per_second = baud / 10 if baud else None  # 8N1: 10 bits per byte
-        self._budget_time = time.monotonic()
-        self._read_budget = self._write_budget = 0.0
+        self.inbox: queue.Queue = queue.Queue()
+        self.wire = Wire(self.master, baud, lambda data: self.inbox.put(("rx", data)))
 
     def send(self, messages: list, restart_numbering: bool = False) -> None:
-        """Queue messages for the host; BOOT and the reply to HELLO restart the numbering at 0."""
+        """Transmit messages; BOOT and the reply to HELLO restart the numbering at 0."""
+        out = bytearray()
         for message in messages:
             if isinstance(message, p.Boot):
-                self.outbox += b"\x00"  # ends whatever half-frame the host may hold (ROM text on a chip)
+                out += b"\x00"  # ends whatever half-frame the host may hold (ROM text on a chip)
                 self.seq = 0
             elif restart_numbering:
                 self.seq, restart_numbering = 0, False
-            self.outbox += p.encode(message, self.seq)
+            out += p.encode(message, self.seq)
             self.seq = (self.seq + 1) & 0xFFFF
+        if out:
+            self.wire.write(bytes(out))
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        if self.bytes_per_second:
-            gained = (now - self._budget_time) * self.bytes_per_second
-            cap = self.bytes_per_second * 0.05
-            self._read_budget = min(cap, self._read_budget + gained)
-            self._write_budget = min(cap, self._write_budget + gained)
-        self._budget_time = now
+    def _control(self) -> None:
+        """Reads the control fd in its own thread: a line per command."""
+        with os.fdopen(self.control_fd, "rb", buffering=0, closefd=False) as control:
+            for line in iter(control.readline, b""):
+                self.inbox.put(("control", line.strip()))
+        self.inbox.put(("control", b"quit"))  # the parent went away: power off
 
     def serve(self) -> None:
-        control = b""
-        while True:
-            self._refill()
-            limit_read = int(self._read_budget) if self.bytes_per_second else 65536
-            limit_write = int(self._write_budget) if self.bytes_per_second else len(self.outbox)
-            readers = [self.control_fd] + ([self.master] if limit_read > 0 else [])
-            writers = [self.master] if self.outbox and limit_write > 0 else []
-            timeout = 0.005 if self.bytes_per_second and (self.outbox or limit_read <= 0) else 0.5
-            readable, writable, _ = select.select(readers, writers, [], timeout)
-            if self.control_fd in readable:
-                chunk = os.read(self.control_fd, 4096)
-                if not chunk:
-                    return  # the parent went away: power off
-                control += chunk
-                while b"\n" in control:
-                    command, control = control.split(b"\n", 1)
-                    if command.strip() == b"reset":
-                        self.outbox.clear()
+        threading.Thread(target=self._control, name="control", daemon=True).start()
+        try:
+            while True:
+                kind, data = self.inbox.get()
+                if kind == "control":
+                    if data == b"quit":
+                        return
+                    if data == b"reset":
+                        self.wire.clear()
                         self.decoder = p.FrameDecoder()
                         self.send(self.board.reboot())
-                    elif command.strip() == b"quit":
-                        return
-            if self.master in writable:
-                try:
-                    written = os.write(self.master, bytes(self.outbox[: max(1, limit_write)]))
-                except BlockingIOError:
-                    written = 0
-                del self.outbox[:written]
-                if self.bytes_per_second:
-                    self._write_budget -= written
-            if self.master in readable:
-                try:
-                    data = os.read(self.master, max(1, limit_read))
-                except BlockingIOError:
                     continue
-                except OSError as exc:
-                    if exc.errno == errno.EIO:
-                        continue
-                    raise
-                if self.bytes_per_second:
-                    self._read_budget -= len(data)
                 for item in self.decoder.feed(data):
                     if isinstance(item, p.FrameError):
                         self.send(self.board.frame_error(item))
                     else:
                         self.send(self.board.handle(item), restart_numbering=isinstance(item.message, p.Hello))
+        finally:
+            self.wire.stop()
 
 
 class VirtualBoard:

@@ -16,7 +16,8 @@ import pytest
 from engine_models.fixtures import TARGETS, engine_dir, residual_exports, saturating_exports, zoo_exports  # noqa: F401
 from engine_models.zoo import one_thread
 from harness.emulator import MATCH, MISMATCH, check
-from harness.engine import Engine, EngineError, Shift, lut16_index, round_f32, unpack_filter
+from harness.engine import Engine, EngineError, lut16_index, unpack_filter
+from harness.targets import Shifter, get_target
 from harness.espdl import EspdlModel, Node, Tensor, TensorInfo, load_espdl
 from harness.frames import generate_frames
 from harness.lint import Finding, lint_model
@@ -147,7 +148,7 @@ def _plain_conv1x1(model, conv, x, rounding):
     wm = unpack_filter(w.data, w.layout, n, c, 1, 1, False, "test")[:, :, 0, 0]
     acc = x[0].astype(np.int64) @ wm.T + b.data.astype(np.int64)
     shift = model.tensor_info(conv.outputs[0]).exponents[0] - model.inputs[0].exponents[0] - w.exponents[0]
-    return np.clip(Shift(shift, rounding)(acc), -128, 127).astype(np.int8)[None]
+    return np.clip(Shifter(shift, rounding)(acc), -128, 127).astype(np.int8)[None]
 
 
 # ---------------------------------------------------------------- hand-built models
@@ -296,11 +297,12 @@ def test_average_pool_divides_by_the_full_kernel_area():
 
 def test_rounding_primitives_follow_each_target():
     ties = np.array([-5, -3, -1, 1, 3, 5], dtype=np.int64)  # x / 2 = -2.5 ... 2.5
-    assert Shift(1, "half_even")(ties).tolist() == [-2, -2, 0, 0, 2, 2]
-    assert Shift(1, "half_up")(ties).tolist() == [-2, -1, 0, 1, 2, 3]
-    assert Shift(-2, "half_up")(ties).tolist() == [-20, -12, -4, 4, 12, 20]
-    assert round_f32(np.float32(0.49999997), "half_up") == 1  # floor(fl32(v + 0.5)), as floorf on the chip
-    assert round_f32(np.float32(2.5), "half_even") == 2 and round_f32(np.float32(-2.5), "half_up") == -2
+    assert Shifter(1, "half_even")(ties).tolist() == [-2, -2, 0, 0, 2, 2]
+    assert Shifter(1, "half_up")(ties).tolist() == [-2, -1, 0, 1, 2, 3]
+    assert Shifter(-2, "half_up")(ties).tolist() == [-20, -12, -4, 4, 12, 20]
+    s3, p4 = get_target("esp32s3"), get_target("esp32p4")
+    assert s3.round(np.float32(0.49999997)) == 1  # floor(fl32(v + 0.5)), as floorf on the chip
+    assert p4.round(np.float32(2.5)) == 2 and s3.round(np.float32(-2.5)) == -2
     u = np.array([15, 16, 17, 47, 48, 49])  # int16 LUT, step 32: ties at 16 (index 0) and 48 (index 1)
     assert lut16_index(u, 32, "half_even").tolist() == [0, 0, 1, 1, 2, 2]
     assert lut16_index(u, 32, "half_up").tolist() == [0, 1, 1, 1, 2, 2]
