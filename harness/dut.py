@@ -262,6 +262,18 @@ class DeviceLink:
         self._expect_reply(self.send(p.Flush()), STREAM_TIMEOUT, on_output)
 
 
+def boot_and_hello(link: DeviceLink, reset: Callable[[], None], timeout: float = REPLY_TIMEOUT) -> p.Info | None:
+    """Reset the device and greet it; None when no boot banner comes (it runs something else)."""
+    reset()
+    try:
+        link.wait_boot(timeout)
+    except p.ProtocolError as exc:
+        if "no boot banner" in str(exc):
+            return None
+        raise
+    return link.hello()
+
+
 @dataclass
 class StreamResult:
     """What a device returned for a set of sequences."""

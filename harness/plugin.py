@@ -9,6 +9,7 @@ in the artifact cache, so parametrized cases share them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.dut import DeviceLink, boot_and_hello
 from harness.errors import HarnessError
 from harness.spec import ModelSpec, load_specs
 from harness.targets import TARGETS, Target, get_target
@@ -62,6 +64,7 @@ class Settings:
     frames_path: Path | None
     dut: str  # "virtual" or "board": what the streaming cases run on
     dut_reason: str  # why (shown in the run header)
+    ports: dict[str, list[str]] = field(default_factory=dict)  # boards: serial ports per target
 
     def cases(self) -> list[Case]:
         return [Case(t, s, w) for t in self.targets for s in self.specs for w in self.windows]
@@ -119,7 +122,7 @@ def _settings(config: pytest.Config) -> Settings:
                 raise HarnessError(f"--window-sizes: {error}", "pass window sizes that divide it")
     frames = config.getoption("frames")
     cache = config.getoption("cache_dir")
-    dut, dut_reason = _choose_dut(config.getoption("dut"))
+    dut, dut_reason, ports = _choose_dut(config.getoption("dut"), [t.name for t in targets], config.getoption("port"))
     return Settings(
         targets=targets,
         windows=windows,
@@ -129,22 +132,28 @@ def _settings(config: pytest.Config) -> Settings:
         frames_path=under_root(frames) if frames else None,
         dut=dut,
         dut_reason=dut_reason,
+        ports=ports,
     )
 
 
-def _choose_dut(requested: str) -> tuple[str, str]:
-    """Which device the streaming cases run on, and why."""
-    if requested == "board":
-        raise HarnessError(
-            "--dut board: this harness version has no firmware runner to flash",
-            "run with --dut virtual (the default when no board is present)",
-        )
+def _choose_dut(requested: str, targets: list[str], port_option: str | None) -> tuple[str, str, dict]:
+    """Which device the streaming cases run on, why, and (boards) the ports per target."""
+    from harness.firmware import board_ports, board_unavailable, parse_ports
+
     if requested == "virtual":
-        return "virtual", "requested with --dut virtual"
-    return "virtual", "--dut auto: no board support in this version, using the virtual board"
+        return "virtual", "requested with --dut virtual", {}
+    missing = board_unavailable(targets, port_option)
+    if missing is None:
+        ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
+        listed = "; ".join(f"{t} on {', '.join(p)}" for t, p in ports.items())
+        return "board", f"--dut {requested}: {listed}", ports
+    if requested == "board":
+        raise HarnessError(f"--dut board: {missing.split('; ')[0]}", missing.split("; ", 1)[1])
+    return "virtual", f"--dut auto fell back to the virtual board: {missing.split('; ')[0]}", {}
 
 
 SETTINGS = pytest.StashKey[Settings]()
+BOARD_INDEX = pytest.StashKey[int]()
 SESSION = pytest.StashKey["HilSession"]()
 
 
@@ -194,6 +203,7 @@ class HilSession:
     _frames: dict = field(default_factory=dict)
     _references: dict = field(default_factory=dict)
     _boards: dict = field(default_factory=dict)
+    _firmware: dict = field(default_factory=dict)
     warned: set = field(default_factory=set)  # lint findings already shown
 
     def __post_init__(self) -> None:
@@ -230,6 +240,15 @@ class HilSession:
             log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
             self._boards[target] = VirtualBoard(target, log).start()
         return self._boards[target]
+
+    def firmware(self, target: str):
+        """The runner built for ``target`` (built at most once per session, and only if its sources changed)."""
+        from harness.firmware import ensure_built
+
+        if target not in self._firmware:
+            log = self.settings.artifacts_dir / "logs" / f"build-{target}.log"
+            self._firmware[target], _ = ensure_built(target, log)
+        return self._firmware[target]
 
     def close(self) -> None:
         for board in self._boards.values():
@@ -287,30 +306,78 @@ def reference(hil_session: HilSession, quantized_model, frames):
 
 
 @pytest.fixture
-def device(hil_case: Case, hil_session: HilSession):
+def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession):
     """Stage 4: a freshly reset streaming runner for the case's target, behind pytest-embedded's serial DUT."""
+    target = hil_case.target.name
+    if hil_session.settings.dut == "virtual":
+        with open_virtual_board(hil_session.board(target)) as link:
+            yield link
+    else:
+        port = hil_session.settings.ports[target][request.node.stash.get(BOARD_INDEX, 0)]
+        with open_board(hil_session.firmware(target), port) as link:
+            yield link
+
+
+@contextlib.contextmanager
+def open_virtual_board(board):
+    """The virtual board behind pytest-embedded's ``serial`` service on its pty, reset and greeted."""
+    dut = _create_dut(embedded_services="serial", port=board.port)
+    with dut.serial.disable_redirect_thread():
+        link = _link(dut, f"virtual {board.target} board", board.exit_reason)
+        _expect_runner(link, boot_and_hello(link, board.reset), board.target)
+        yield link
+
+
+@contextlib.contextmanager
+def open_board(firmware, port: str):
+    """A board behind pytest-embedded's ``esp,idf`` services: flashed with ``firmware`` only if it runs another build."""
+    name = f"{firmware.target} board on {port}"
+    dut = _create_dut(embedded_services="esp,idf", app_path=str(firmware.build_dir.parent),
+                      build_dir=firmware.build_dir.name, target=firmware.target, port=port, skip_autoflash=True)
+    with dut.serial.disable_redirect_thread():
+        link = _link(dut, name, None)
+        info = boot_and_hello(link, dut.serial.hard_reset)
+        if info is None or not firmware.matches(info.build_id):
+            dut.serial.flash()  # pytest-embedded's esp,idf flashing of build_<target>
+            info = boot_and_hello(link, dut.serial.hard_reset)
+            if info is None or not firmware.matches(info.build_id):
+                raise HarnessError(
+                    f"{name} does not run the runner just flashed (it reports {info.build_id if info else 'nothing'})",
+                    "check --port: it may belong to another board",
+                )
+        _expect_runner(link, info, firmware.target)
+        yield link
+
+
+def _link(dut, name: str, liveness):
+    def log(level: int, text: str) -> None:  # device logs go to pytest-embedded's dut.log
+        dut.serial._q.put(f"[device] {text}\n".encode())
+
+    return DeviceLink(dut.serial.proc, name, on_log=log, liveness=liveness)
+
+
+def _expect_runner(link, info, target: str) -> None:
+    if info is None:
+        raise HarnessError(f"{link.name} sent no boot banner", "check that it runs the streaming runner")
+    if info.target != target:
+        raise HarnessError(
+            f"the device runs {info.target} firmware but the case is for {target}",
+            f"flash the {target} runner or pick --target {info.target}",
+        )
+
+
+def _create_dut(**kwargs):
+    """pytest-embedded's DUT for these services; connection failures become one clear line."""
     from pytest_embedded.dut_factory import DutFactory
 
-    from harness.dut import DeviceLink
-    from harness.protocol import ProtocolError
-
-    board = hil_session.board(hil_case.target.name)
-    dut = DutFactory.create(embedded_services="serial", port=board.port)
-    with dut.serial.disable_redirect_thread():
-
-        def log(level: int, text: str) -> None:
-            dut.serial._q.put(f"[device] {text}\n".encode())
-
-        link = DeviceLink(dut.serial.proc, f"virtual {hil_case.target.name} board", on_log=log, liveness=board.exit_reason)
-        board.reset()
-        link.wait_boot()
-        info = link.hello()
-        if info.target != hil_case.target.name:
-            raise ProtocolError(
-                f"the device runs {info.target} firmware but the case is for {hil_case.target.name}",
-                f"flash the {hil_case.target.name} runner or pick --target {info.target}",
-            )
-        yield link
+    try:
+        return DutFactory.create(**kwargs)
+    except Exception as exc:  # esptool/pyserial: the board is absent, busy or another chip
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(
+            f"cannot open the device on {kwargs.get('port')}: {detail}",
+            "check the cable and that no other program (monitor, another test) holds the port",
+        ) from exc
 
 
 @pytest.fixture
@@ -348,4 +415,22 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     hil = _hil_session(config)
     hil.close()
-    hil.report.write(settings.artifacts_dir, hil.quantizer.calibrations, hil.quantizer.exports)
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    hil.report.write(settings.artifacts_dir, hil.quantizer.calibrations, hil.quantizer.exports, worker)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With several boards per target, spread cases over them: one pytest-xdist group (and worker) per board."""
+    settings = config.stash.get(SETTINGS, None)
+    if settings is None or settings.dut != "board":
+        return
+    seen: dict[str, int] = {}
+    for item in items:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("hil_case")
+        if case is None:
+            continue
+        target = case.target.name
+        index = seen.get(target, 0) % len(settings.ports[target])
+        seen[target] = seen.get(target, 0) + 1
+        item.stash[BOARD_INDEX] = index
+        item.add_marker(pytest.mark.xdist_group(f"{target}-board{index}"))

@@ -26,6 +26,8 @@ the ESP-PPQ/torch/ONNX versions); a warm run performs zero calibrations.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -176,14 +178,13 @@ class Quantizer:
             ).encode()
         ).hexdigest()
         directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
-        if not (directory / "manifest.json").is_file():
-            staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            self._build(spec, target, submodels, staging)
-            try:
-                os.replace(staging, directory)
-            except OSError:  # another worker finished first: keep theirs
+        with _exclusive(directory):  # parallel workers (pytest-xdist) calibrate a model once, not once each
+            if not (directory / "manifest.json").is_file():
+                staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
+                self._build(spec, target, submodels, staging)
+                shutil.rmtree(directory, ignore_errors=True)
+                os.replace(staging, directory)
         return _load(spec, target, key, directory)
 
     def _build(self, spec: ModelSpec, target: Target, submodels: list, out: Path) -> None:
@@ -342,16 +343,15 @@ class Quantizer:
             raise ConfigError(error, "pick window sizes that divide it (--window-sizes)")
         directory = qm.directory / f"W{window}"
         manifest = directory / "manifest.json"
-        if not manifest.is_file():
-            staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            entries = [self._export_streaming(qm, m, window, staging) for m in qm.modules]
-            (staging / "manifest.json").write_text(json.dumps(entries, indent=2))
-            try:
-                os.replace(staging, directory)
-            except OSError:
+        with _exclusive(directory):
+            if not manifest.is_file():
+                staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                entries = [self._export_streaming(qm, m, window, staging) for m in qm.modules]
+                (staging / "manifest.json").write_text(json.dumps(entries, indent=2))
+                shutil.rmtree(directory, ignore_errors=True)
+                os.replace(staging, directory)
         exports = [_exported(directory / e["path"], e, qm.target) for e in json.loads(manifest.read_text())]
         self._exports[memo] = exports
         return exports
@@ -592,6 +592,18 @@ def _retrace(graph, shapes: dict[str, list[int]]) -> None:
     values = TorchExecutor(graph, device=DEVICE).forward({n: torch.zeros(s) for n, s in shapes.items()}, output_names=names)
     for n, v in zip(names, values):
         graph.variables[n].shape = list(v.shape)
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    """Hold ``<directory>.lock`` while the cache entry is checked and built (other processes wait)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _save_graph(graph, path: Path) -> None:

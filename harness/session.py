@@ -44,15 +44,25 @@ class SessionReport:
             }
         )
 
-    def write(self, directory: Path, calibrations: int, exports: int) -> Path:
+    def data(self, calibrations: int, exports: int) -> dict:
+        return {"dut": self.dut, "targets": self.targets, "calibrations": calibrations, "exports": exports,
+                "cases": self.cases}
+
+    def write(self, directory: Path, calibrations: int, exports: int, worker: str | None = None) -> Path:
+        """session.json and report.md; a pytest-xdist worker writes its part for the controller to merge."""
         directory.mkdir(parents=True, exist_ok=True)
-        data = {
-            "dut": self.dut,
-            "targets": self.targets,
-            "calibrations": calibrations,
-            "exports": exports,
-            "cases": self.cases,
-        }
+        data = self.data(calibrations, exports)
+        if worker is not None:
+            path = directory / f".session-{worker}.json"
+            path.write_text(json.dumps(data))
+            return path
+        for part in sorted(directory.glob(".session-*.json")):  # the workers' parts of this run
+            piece = json.loads(part.read_text())
+            data["calibrations"] += piece["calibrations"]
+            data["exports"] += piece["exports"]
+            data["cases"] += piece["cases"]
+            part.unlink()
+        data["cases"].sort(key=lambda c: (c["test"], c["id"]))
         path = directory / "session.json"
         path.write_text(json.dumps(data, indent=2))
         (directory / "report.md").write_text(self._markdown(data))

@@ -10,7 +10,9 @@ models, configuration, state — and sends the BOOT banner, after the host has
 opened the port (pyserial flushes input on open).
 
 Run standalone: ``python -m harness.virtual_board --target esp32p4`` prints
-``PTY /dev/pts/N`` and serves until stdin closes.
+``PTY /dev/pts/N`` and serves until stdin closes. Control lines on stdin:
+``reset`` (EN pin), ``flash <build id>`` (what flashing a build does: the
+board then reports that build ID, and reboots), ``quit``.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Board:
 
     def __init__(self, target: Target):
         self.target = target
+        self.build_id = build_id()  # what INFO reports; a side-channel "flash" replaces it
         self.reboot()
 
     def reboot(self) -> list:
@@ -178,7 +181,7 @@ class Board:
                 free_internal_bytes=INTERNAL_BYTES,
                 free_psram_bytes=PSRAM_BYTES - used,
                 target=self.target.name,
-                build_id=build_id(),
+                build_id=self.build_id,
                 esp_dl_version=ESP_DL_SEMANTICS,
                 idf_version="none (host process)",
                 device_kind="virtual",
@@ -497,6 +500,9 @@ class PtyServer:
                 if kind == "control":
                     if data == b"quit":
                         return
+                    if data.startswith(b"flash "):  # a flash tool wrote another build: report its ID
+                        self.board.build_id = data[6:].decode()
+                        data = b"reset"  # and flashing ends with a reset, as esptool's --after hard_reset does
                     if data == b"reset":
                         self.wire.clear()
                         self.decoder = p.FrameDecoder()
@@ -542,6 +548,11 @@ class VirtualBoard:
     def reset(self) -> None:
         """Press EN: the board drops its state and sends the BOOT banner."""
         self.process.stdin.write(b"reset\n")
+        self.process.stdin.flush()
+
+    def flash(self, build_id: str) -> None:
+        """What flashing a build does on a pty: the board reports that build's ID and reboots."""
+        self.process.stdin.write(b"flash " + build_id.encode() + b"\n")
         self.process.stdin.flush()
 
     def exit_reason(self) -> str | None:

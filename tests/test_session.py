@@ -53,3 +53,15 @@ def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
     session = json.loads((tmp_path / "a" / "session.json").read_text())
     assert (session["calibrations"], session["exports"]) == (0, 0)
     assert {c["id"] for c in session["cases"]} == ids
+
+
+def test_parallel_workers_share_one_calibration_and_one_report(tmp_path):
+    args = ["test_cases", "-q", "-n", "2", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
+            "--target=esp32p4", "--window-sizes=1,3", f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto"]
+    proc = run_pytest(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    session = json.loads((tmp_path / "a" / "session.json").read_text())
+    assert session["calibrations"] == 3  # the second worker waited for the first one's calibration
+    assert {(c["test"], c["id"]) for c in session["cases"] if c["test"] == "test_streamed_matches_offline"} == {
+        ("test_streamed_matches_offline", f"esp32p4-tiny_auto-W{w}") for w in (1, 3)}
+    assert not list((tmp_path / "a").glob(".session-*.json"))  # the workers' parts were merged
