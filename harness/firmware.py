@@ -30,6 +30,8 @@ BUILD_TIMEOUT = 1800
 BOARD_USB_VIDS = {0x303A: "Espressif USB-Serial-JTAG", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH34x/CH910x",
                   0x0403: "FTDI"}
 IDF_HELP = "https://docs.espressif.com/projects/esp-idf/en/stable/esp32p4/get-started/"
+IDF_VERSION = "v5.5.2 or newer"  # main/idf_component.yml pins the range
+DEFAULT_LINK_BAUD = 921600
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Firmware:
     target: str
     build_dir: Path
     elf_sha256: str
+    baud: int | None  # UART baud rate of the runner's link; None when it speaks over USB-Serial-JTAG
 
     def matches(self, build_id: str) -> bool:
         """Whether a board reporting ``build_id`` runs this build (the app description's ELF SHA-256, maybe cut)."""
@@ -87,7 +90,10 @@ def prebuilt(target: str) -> Firmware | None:
         return None
     if stamp.read_text().strip() != source_digest(target):
         return None
-    return Firmware(target, directory, hashlib.sha256(elf.read_bytes()).hexdigest())
+    config = directory / "config" / "sdkconfig.json"
+    options = json.loads(config.read_text()) if config.is_file() else {}
+    baud = None if options.get("RUNNER_LINK_USB_SERIAL_JTAG") else int(options.get("RUNNER_UART_BAUD_RATE", DEFAULT_LINK_BAUD))
+    return Firmware(target, directory, hashlib.sha256(elf.read_bytes()).hexdigest(), baud)
 
 
 def ensure_built(target: str, log: Path, run: Callable = subprocess.run) -> tuple[Firmware, bool]:
@@ -99,10 +105,12 @@ def ensure_built(target: str, log: Path, run: Callable = subprocess.run) -> tupl
     if missing:
         raise HarnessError(
             f"cannot build the streaming runner for {target}: {missing}",
-            f"install ESP-IDF v5.4 or newer ({IDF_HELP}) and run . $IDF_PATH/export.sh",
+            f"install ESP-IDF {IDF_VERSION} ({IDF_HELP}) and run . $IDF_PATH/export.sh",
         )
     directory = build_dir(target)
     digest = source_digest(target)
+    # ESP-IDF applies sdkconfig.defaults* only to a build directory without sdkconfig: start from them again
+    (directory / "sdkconfig").unlink(missing_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         result = run(build_command(target, directory), stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
@@ -145,7 +153,7 @@ def board_unavailable(targets: list[str], port_option: str | None) -> str | None
     no_build = [t for t in targets if prebuilt(t) is None]
     if no_build and idf_missing():
         return (f"{idf_missing()} and firmware/streaming_runner has no current build for {', '.join(no_build)}; "
-                f"install ESP-IDF v5.4+ ({IDF_HELP}) and run . $IDF_PATH/export.sh")
+                f"install ESP-IDF {IDF_VERSION} ({IDF_HELP}) and run . $IDF_PATH/export.sh")
     ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
     without = [t for t, p in ports.items() if not p]
     if without:

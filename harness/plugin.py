@@ -335,6 +335,8 @@ def open_board(firmware, port: str):
     dut = _create_dut(embedded_services="esp,idf", app_path=str(firmware.build_dir.parent),
                       build_dir=firmware.build_dir.name, target=firmware.target, port=port, skip_autoflash=True)
     with dut.serial.disable_redirect_thread():
+        if firmware.baud:  # esptool connected at the ROM's speed; the runner speaks at its own
+            dut.serial.proc.baudrate = firmware.baud
         link = _link(dut, name, None)
         info = boot_and_hello(link, dut.serial.hard_reset)
         if info is None or not firmware.matches(info.build_id):

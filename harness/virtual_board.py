@@ -12,7 +12,8 @@ opened the port (pyserial flushes input on open).
 Run standalone: ``python -m harness.virtual_board --target esp32p4`` prints
 ``PTY /dev/pts/N`` and serves until stdin closes. Control lines on stdin:
 ``reset`` (EN pin), ``flash <build id>`` (what flashing a build does: the
-board then reports that build ID, and reboots), ``quit``.
+board then reports that build ID, and reboots), ``quit``; the first two are
+confirmed with a ``done ...`` line on stdout once they have happened.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class Board:
             raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"no MODEL_BEGIN for slot {m.slot}")
         data = bytes(upload.data)
         if len(data) != upload.size:
-            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot}: {len(data)} of {upload.size} bytes received")
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot}: received {len(data)} of {upload.size} bytes")
         if hashlib.sha256(data).digest() != upload.sha256:
             raise BoardError(p.ErrorCode.MODEL_SHA_MISMATCH, f"slot {m.slot}: SHA-256 of the {len(data)} bytes differs")
         try:
@@ -272,7 +273,8 @@ class Board:
             if runtimes[k - 1].output_channels != acks[k].input_channels:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k - 1} gives {runtimes[k - 1].output_channels} channels, module {k} takes {acks[k].input_channels}")
         batch = max(1, m.output_batch)
-        for k, runtime in enumerate(runtimes):
+        reporting = runtimes if m.flags & p.CONFIGURE_FLAG_ALL_OUTPUTS else runtimes[-1:]
+        for k, runtime in enumerate(reporting, start=len(runtimes) - len(reporting)):
             if batch > p.max_windows_per_output(p.DEFAULT_MAX_PAYLOAD, m.window, runtime.output_channels, runtime.output_bits, k + 1):
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {m.window} x {runtime.output_channels} do not fit one OUTPUT of {p.DEFAULT_MAX_PAYLOAD} bytes")
         self.modules, self.configure = runtimes, m
@@ -281,12 +283,16 @@ class Board:
         return p.pack_configure_ack(acks)
 
     def _reset(self, m: p.Reset):
+        if self.scheduler is None:
+            raise BoardError(p.ErrorCode.NOT_CONFIGURED, "RESET before CONFIGURE")
         self._restart_stream()
         return b""
 
     def _frames(self, m: p.Frames):
         if self.scheduler is None:
             raise BoardError(p.ErrorCode.NOT_CONFIGURED, "FRAMES before CONFIGURE")
+        if m.count == 0:
+            raise BoardError(p.ErrorCode.BAD_PAYLOAD, "FRAMES with no frame")
         if m.count > CREDITS:
             raise BoardError(p.ErrorCode.CREDIT_EXCEEDED, f"{m.count} frames with {CREDITS} credits")
         if self.scheduler.stopped:
@@ -369,9 +375,8 @@ class Board:
         if src.config.output_layout != dst.config.input_layout:
             y = y.transpose(0, 2, 1)
         shift = dst.engine.exponent(dst.config.input) - src.engine.exponent(src.config.output)
-        if shift:
-            y = self.target.requantize(y, shift, y.dtype.itemsize * 8)
-        return np.ascontiguousarray(y)
+        bits = next(8 if i.dtype == "int8" else 16 for i in dst.engine.inputs if i.name == dst.config.input)
+        return np.ascontiguousarray(self.target.requantize(y, shift, bits))  # into the receiver's range
 
 
 def _frames_of(shape, layout) -> int:
@@ -466,7 +471,7 @@ class PtyServer:
         tty.setraw(self.slave)  # no echo, no CR/LF translation, before anyone opens it
         self.path = os.ttyname(self.slave)  # the slave stays open here so the master never reads EIO
         os.set_blocking(self.master, False)
-        self.decoder = p.FrameDecoder()
+        self.decoder = p.FrameDecoder(p.DEFAULT_MAX_PAYLOAD)  # the device's own max_payload bounds what it takes
         self.seq = 0
         self.inbox: queue.Queue = queue.Queue()
         self.wire = Wire(self.master, baud, lambda data: self.inbox.put(("rx", data)))
@@ -505,8 +510,10 @@ class PtyServer:
                         data = b"reset"  # and flashing ends with a reset, as esptool's --after hard_reset does
                     if data == b"reset":
                         self.wire.clear()
-                        self.decoder = p.FrameDecoder()
+                        self.decoder = p.FrameDecoder(p.DEFAULT_MAX_PAYLOAD)
                         self.send(self.board.reboot())
+                        # like the EN pin, the reset has happened when the caller continues
+                        print("done reset", flush=True)
                     continue
                 for item in self.decoder.feed(data):
                     if isinstance(item, p.FrameError):
@@ -520,16 +527,17 @@ class PtyServer:
 class VirtualBoard:
     """Parent-side handle of a virtual board process (one per target in use)."""
 
-    def __init__(self, target: str, log_path: Path, baud: int | None = None):
+    def __init__(self, target: str, log_path: Path, baud: int | None = None, command: list[str] | None = None):
         self.target = target
         self.log_path = log_path
         self.baud = baud
+        self.command = command  # another device process with the same stdin/stdout contract (default: this one)
         self.process: subprocess.Popen | None = None
         self.port = ""
 
     def start(self, timeout: float = 30.0) -> "VirtualBoard":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "harness.virtual_board", "--target", self.target]
+        command = list(self.command or [sys.executable, "-m", "harness.virtual_board", "--target", self.target])
         if self.baud:
             command += ["--baud", str(self.baud)]
         self._log = open(self.log_path, "ab")
@@ -546,14 +554,24 @@ class VirtualBoard:
         return self
 
     def reset(self) -> None:
-        """Press EN: the board drops its state and sends the BOOT banner."""
-        self.process.stdin.write(b"reset\n")
-        self.process.stdin.flush()
+        """Press EN: the board drops its state and sends the BOOT banner (returns once it has)."""
+        self._control("reset")
+
+    def _control(self, line: str, timeout: float = 10.0) -> None:
+        """Send a control line and wait for the process to confirm it (``done ...`` on its stdout)."""
+        try:
+            self.process.stdin.write(line.encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            return  # the process is gone: the link reports it (exit_reason)
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        answer = self.process.stdout.readline().decode().strip() if ready else ""
+        if not answer.startswith("done") and self.exit_reason() is None:
+            raise RuntimeError(f"{self.target} device did not confirm '{line}' within {timeout:.0f} s (see {self.log_path})")
 
     def flash(self, build_id: str) -> None:
         """What flashing a build does on a pty: the board reports that build's ID and reboots."""
-        self.process.stdin.write(b"flash " + build_id.encode() + b"\n")
-        self.process.stdin.flush()
+        self._control(f"flash {build_id}")
 
     def exit_reason(self) -> str | None:
         """Why the board is gone, or None while it runs."""
@@ -584,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True)
     parser.add_argument("--baud", type=int, default=None, help="throttle the link like a UART at this baud rate")
     args = parser.parse_args(argv)
+    sys.setswitchinterval(0.0005)  # let the wire thread move bytes promptly while the engine computes
     server = PtyServer(Board(get_target(args.target)), sys.stdin.fileno(), args.baud)
     print(f"PTY {server.path}", flush=True)
     server.serve()

@@ -50,7 +50,9 @@ def fake_idf_build(calls: list):
         for name in ("bootloader/bootloader.bin", "partition_table/partition-table.bin", "streaming_runner.bin"):
             (out / name).write_bytes(b"\xe9" + bytes(255))
         (out / "streaming_runner.elf").write_bytes(b"\x7fELF" + str(len(calls)).encode() * 64)
-        (out / "config" / "sdkconfig.json").write_text(json.dumps({"IDF_TARGET": target}))
+        assert not (out / "sdkconfig").exists(), "a rebuild must start from sdkconfig.defaults*"
+        (out / "sdkconfig").write_text("# generated\n")
+        (out / "config" / "sdkconfig.json").write_text(json.dumps({"IDF_TARGET": target, "RUNNER_UART_BAUD_RATE": 921600}))
         (out / "flasher_args.json").write_text(json.dumps({
             "write_flash_args": ["--flash_mode", "dio", "--flash_size", "16MB", "--flash_freq", "80m"],
             "flash_settings": {"flash_mode": "dio", "flash_size": "16MB", "flash_freq": "80m"},
@@ -73,7 +75,7 @@ def test_build_command_line_and_rebuilds_only_when_sources_change(app, tmp_path)
     out = app / "build_esp32p4"
     assert calls == [["idf.py", "-C", str(app), "-B", str(out), "-DIDF_TARGET=esp32p4",
                       f"-DSDKCONFIG={out / 'sdkconfig'}", "build"]]
-    assert built and firmware.build_dir == out
+    assert built and firmware.build_dir == out and firmware.baud == 921600
     assert firmware.elf_sha256 == hashlib.sha256((out / "streaming_runner.elf").read_bytes()).hexdigest()
     assert fw.ensure_built("esp32p4", tmp_path / "build.log", run=build) == (firmware, False)  # no second build
     assert len(calls) == 1
@@ -135,7 +137,7 @@ class FakeLoader:
     def __init__(self, board, port: str):
         self.board = board
         self.serial_port = port
-        self._port = serial.serial_for_url(port, baudrate=115200, timeout=0.05)
+        self._port = serial.serial_for_url(port, baudrate=115200, timeout=0.05)  # the ROM's speed
         self.resets = 0
 
     def connect(self, *args, **kwargs):
@@ -188,6 +190,7 @@ def test_flashes_only_a_board_that_runs_another_build(app, tmp_path, fake_esptoo
     ]]
     with open_board(firmware, board.port) as link:  # same build now: no flash, only a reset
         assert link.info.build_id == flashed["build_id"]
+        assert link.port.baudrate == 921600  # the runner's link speed from the build's sdkconfig
     assert len(recorded) == 1 and loader.resets >= 3
 
 

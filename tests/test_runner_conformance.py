@@ -74,14 +74,32 @@ def virtual_runner_parts(tmp_path_factory, tiny, quantizer):
     board.stop()
 
 
-@pytest.fixture(params=["virtual"])
-def runner(request, virtual_runner_parts):
-    board, modules, channels = virtual_runner_parts
+@pytest.fixture(scope="module")
+def host_runner_parts(tmp_path_factory):
+    """The firmware's portable core built for the host (firmware/host), with its deterministic HCM1 backend."""
+    from harness.virtual_board import VirtualBoard
+    from tests.test_firmware_core import CHANNELS, hcm1_pipeline, host_build_dir
+
+    runner_host = host_build_dir(tmp_path_factory) / "runner_host"
+    board = VirtualBoard(TARGET, tmp_path_factory.mktemp("host-core") / "runner.log",
+                         command=[str(runner_host), "--target", TARGET]).start()
+    yield board, hcm1_pipeline, CHANNELS
+    board.stop()
+
+
+RUNNERS = {"virtual": ("virtual_runner_parts", f"virtual {TARGET} board"),
+           "host-core": ("host_runner_parts", f"host-core {TARGET} runner")}
+
+
+@pytest.fixture(params=list(RUNNERS))
+def runner(request):
+    parts, device = RUNNERS[request.param]
+    board, modules, channels = request.getfixturevalue(parts)
     if board.exit_reason():  # a test killed it: power it up again
         board.start()
     port = serial.serial_for_url(board.port, baudrate=921600, timeout=0.05)
-    link = DeviceLink(port, f"virtual {TARGET} board", liveness=board.exit_reason)
-    r = Runner("virtual", link, board.reset, board.kill, modules, channels)
+    link = DeviceLink(port, device, liveness=board.exit_reason)
+    r = Runner(request.param, link, board.reset, board.kill, modules, channels)
     r.reboot()
     yield r
     port.close()
@@ -136,7 +154,10 @@ def test_garbage_between_frames_costs_only_the_garbage(runner):
 def test_upload_is_checked(runner):
     name, blob, _ = runner.modules(3)[0]
     runner.link.request(p.ModelBegin(0, len(blob), hashlib.sha256(blob).digest(), name))
-    runner.link.request(p.ModelChunk(0, 0, blob[:-1] + bytes([blob[-1] ^ 1])))
+    damaged = blob[:-1] + bytes([blob[-1] ^ 1])
+    chunk = p.max_chunk_size(runner.link.max_payload)
+    for offset in range(0, len(damaged), chunk):
+        runner.link.request(p.ModelChunk(0, offset, damaged[offset : offset + chunk]))
     with pytest.raises(DeviceError, match="MODEL_SHA_MISMATCH"):
         runner.link.request(p.ModelEnd(0))
     runner.link.request(p.ModelBegin(0, len(blob), hashlib.sha256(blob).digest(), name))
@@ -153,6 +174,17 @@ def test_bad_configuration_and_frames_before_it(runner):
     wrong = dataclasses.replace(config, input="no_such_tensor")
     with pytest.raises(DeviceError, match="BAD_CONFIG.*no_such_tensor"):
         runner.link.configure(p.Configure(3, p.Schedule.SEQUENTIAL, 0, 0, 1, (wrong,)))
+
+
+def test_reset_before_configure_and_empty_frames_are_refused(runner):
+    with pytest.raises(DeviceError, match="NOT_CONFIGURED"):
+        runner.link.reset()
+    runner.link.hello()
+    runner.load(3)
+    runner.link.send(p.Frames(0, 0, runner.channels, b""))
+    reply = runner.link.receive().message
+    assert isinstance(reply, p.Error) and reply.code == p.ErrorCode.BAD_PAYLOAD
+    assert runner.link.receive().message == p.Credit(0)
 
 
 def test_frames_out_of_order_and_credit_overrun(runner):
