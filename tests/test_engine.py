@@ -8,7 +8,6 @@ ESP-PPQ cannot show: accumulation order, remainder lanes, unknown ops.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +16,11 @@ from engine_models.fixtures import TARGETS, engine_dir, residual_exports, satura
 from engine_models.zoo import one_thread
 from harness.emulator import MATCH, MISMATCH, check
 from harness.engine import Engine, EngineError, lut16_index, unpack_filter
-from harness.targets import Shifter, get_target
 from harness.espdl import EspdlModel, Node, Tensor, TensorInfo, load_espdl
 from harness.frames import generate_frames
 from harness.lint import Finding, lint_model
-from harness.spec import load_spec
-from harness.targets import Target, get_target
+from harness.targets import Shifter, Target, get_target
 
-SPECS = Path(__file__).resolve().parent / "engine_models"
 EVERY_OP = {
     "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
     "Flatten", "Pad", "AveragePool", "GlobalAveragePool", "MaxPool", "ReduceMean", "Relu", "Sigmoid", "Tanh",
@@ -70,8 +66,7 @@ def test_zoo_export_matches_every_tensor(zoo_exports, key):
 @pytest.mark.parametrize("spec", ["tiny_auto", "tiny_explicit", "tiny_auto16"])
 def test_harness_offline_exports_match_every_tensor(tiny, quantizer, spec, target):
     with one_thread():
-        qm = quantizer.model(load_spec(SPECS / f"{spec}.py"), get_target(target)) if spec == "tiny_auto16" \
-            else tiny(spec, target)
+        qm = tiny(spec, target)
     assert qm.bits == (16 if spec == "tiny_auto16" else 8)
     for module in qm.modules:
         model = load_espdl(module.offline_espdl)
