@@ -167,7 +167,7 @@ class DeviceLink:
                 if self.liveness():
                     raise self._gone(None)
                 raise p.ProtocolError(
-                    f"{self.name} sent nothing expected for {timeout:.0f} s",
+                    f"{self.name} sent nothing expected for {timeout:g} s",
                     "check that the board runs the streaming runner and that nothing else holds the port",
                 )
             chunk = self._read(min(remaining, 0.2))
@@ -210,7 +210,7 @@ class DeviceLink:
                 if "sent nothing" not in str(exc):
                     raise
                 raise p.ProtocolError(
-                    f"{self.name} sent no boot banner within {timeout:.0f} s",
+                    f"{self.name} sent no boot banner within {timeout:g} s",
                     "check that the board runs the streaming runner (flash it) and that the port is right",
                 ) from None
             if isinstance(packet.message, p.Boot):

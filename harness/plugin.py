@@ -322,7 +322,8 @@ def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSessi
 def open_virtual_board(board):
     """The virtual board behind pytest-embedded's ``serial`` service on its pty, reset and greeted."""
     dut = _create_dut(embedded_services="serial", port=board.port)
-    with dut.serial.disable_redirect_thread():
+    # closed on the way out: nothing may read the port once the case is done, not even a redirect thread
+    with contextlib.closing(dut.serial), dut.serial.disable_redirect_thread():
         link = _link(dut, f"virtual {board.target} board", board.exit_reason)
         _expect_runner(link, boot_and_hello(link, board.reset), board.target)
         yield link
@@ -334,7 +335,7 @@ def open_board(firmware, port: str):
     name = f"{firmware.target} board on {port}"
     dut = _create_dut(embedded_services="esp,idf", app_path=str(firmware.build_dir.parent),
                       build_dir=firmware.build_dir.name, target=firmware.target, port=port, skip_autoflash=True)
-    with dut.serial.disable_redirect_thread():
+    with contextlib.closing(dut.serial), dut.serial.disable_redirect_thread():
         if firmware.baud:  # esptool connected at the ROM's speed; the runner speaks at its own
             dut.serial.proc.baudrate = firmware.baud
         link = _link(dut, name, None)

@@ -567,7 +567,7 @@ class VirtualBoard:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         answer = self.process.stdout.readline().decode().strip() if ready else ""
         if not answer.startswith("done") and self.exit_reason() is None:
-            raise RuntimeError(f"{self.target} device did not confirm '{line}' within {timeout:.0f} s (see {self.log_path})")
+            raise RuntimeError(f"{self.target} device did not confirm '{line}' within {timeout:g} s (see {self.log_path})")
 
     def flash(self, build_id: str) -> None:
         """What flashing a build does on a pty: the board reports that build's ID and reboots."""

@@ -134,17 +134,17 @@ class FakeLoader:
 
     CHIP_NAME = "ESP32-P4"
 
-    def __init__(self, board, port: str):
+    def __init__(self, board, port: str, resets: list):
         self.board = board
         self.serial_port = port
         self._port = serial.serial_for_url(port, baudrate=115200, timeout=0.05)  # the ROM's speed
-        self.resets = 0
+        self.resets = resets
 
     def connect(self, *args, **kwargs):
         pass
 
     def hard_reset(self):
-        self.resets += 1
+        self.resets.append(self.serial_port)
         self.board.reset()
 
 
@@ -155,12 +155,12 @@ def fake_esptool(monkeypatch, tmp_path):
 
     board = VirtualBoard("esp32p4", tmp_path / "vb.log").start()
     recorded: list[list[str]] = []
-    loader = FakeLoader(board, board.port)
+    resets: list[str] = []
     flashed = {}
 
     def connected_device(ports, port=None, connect_attempts=3, initial_baud=115200, chip="auto", **kwargs):
         assert chip == "esp32p4" and port == board.port
-        return loader
+        return FakeLoader(board, port, resets)  # a fresh connection each time, as esptool opens the port
 
     def main(args, esp=None):
         recorded.append([str(a) for a in args])
@@ -169,15 +169,14 @@ def fake_esptool(monkeypatch, tmp_path):
 
     monkeypatch.setattr(esptool, "get_default_connected_device", connected_device)
     monkeypatch.setattr(esptool, "main", main)
-    yield board, recorded, flashed, loader
-    loader._port.close()
+    yield board, recorded, flashed, resets
     board.stop()
 
 
 def test_flashes_only_a_board_that_runs_another_build(app, tmp_path, fake_esptool):
     from harness.plugin import open_board
 
-    board, recorded, flashed, loader = fake_esptool
+    board, recorded, flashed, resets = fake_esptool
     firmware, _ = fw.ensure_built("esp32p4", tmp_path / "build.log", run=fake_idf_build([]))
     flashed["build_id"] = firmware.elf_sha256[:32]
     out = firmware.build_dir
@@ -191,7 +190,7 @@ def test_flashes_only_a_board_that_runs_another_build(app, tmp_path, fake_esptoo
     with open_board(firmware, board.port) as link:  # same build now: no flash, only a reset
         assert link.info.build_id == flashed["build_id"]
         assert link.port.baudrate == 921600  # the runner's link speed from the build's sdkconfig
-    assert len(recorded) == 1 and loader.resets >= 3
+    assert len(recorded) == 1 and len(resets) >= 3
 
 
 def test_a_board_that_stays_silent_after_flashing_is_one_clear_error(app, tmp_path, fake_esptool, monkeypatch):
@@ -204,3 +203,39 @@ def test_a_board_that_stays_silent_after_flashing_is_one_clear_error(app, tmp_pa
         with open_board(firmware, board.port):
             pass
     assert len(recorded) == 1
+
+
+def test_wrong_target_firmware_is_one_clear_error(tmp_path):
+    from harness.plugin import open_virtual_board
+    from harness.virtual_board import VirtualBoard
+
+    board = VirtualBoard("esp32s3", tmp_path / "vb.log").start()
+    try:
+        board.target = "esp32p4"  # the case wants a P4; the device runs the S3 runner
+        with pytest.raises(HarnessError, match="the device runs esp32s3 firmware but the case is for esp32p4; flash the esp32p4 runner"):
+            with open_virtual_board(board):
+                pass
+    finally:
+        board.stop()
+
+
+def test_a_silent_device_times_out_with_one_clear_error():
+    import os
+    import pty
+    import time
+
+    from harness.dut import DeviceLink
+    from harness.protocol import ProtocolError
+
+    master, slave = pty.openpty()  # a port with nothing behind it
+    port = serial.serial_for_url(os.ttyname(slave), timeout=0.05)
+    try:
+        link = DeviceLink(port, "silent board")
+        started = time.monotonic()
+        with pytest.raises(ProtocolError, match=r"silent board sent no boot banner within 0.5 s; check that the board runs"):
+            link.wait_boot(0.5)
+        assert time.monotonic() - started < 5
+    finally:
+        port.close()
+        os.close(master)
+        os.close(slave)
