@@ -9,7 +9,7 @@ at a place, not just a count.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,8 +57,6 @@ class Comparison:
             f"{self.differing} differ, max |diff| {self.max_abs_lsb} LSB, {snr}{where}"
         )
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "verdict": self.verdict}
 
 
 def compare(expected: QTensor, actual: QTensor, window: int, tolerance_lsb: int = 0) -> Comparison:

@@ -45,7 +45,8 @@ class DeviceError(p.ProtocolError):
     def __init__(self, error: p.Error, device: str):
         self.code = error.code
         name = getattr(error.code, "name", str(error.code))
-        ref = getattr(p.MessageType(error.ref_type), "name", error.ref_type) if error.ref_type in p.MessageType._value2member_map_ else error.ref_type
+        known = error.ref_type in p.MessageType._value2member_map_
+        ref = p.MessageType(error.ref_type).name if known else error.ref_type  # 0: a damaged frame
         super().__init__(f"{device} answered ERROR {name} to {ref} seq {error.ref_seq}: {error.text}",
                          _FIXES.get(error.code, "see the device log"))
 

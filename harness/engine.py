@@ -20,14 +20,14 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.espdl import EspdlModel, Node, TensorInfo
-from harness.targets import Shifter, Target, get_target
+from harness.targets import Shifter, Target, get_target, int_range
 
 
 class EngineError(HarnessError):
     """A model or input the engine cannot run the way the chip would."""
 
 
-_INT = {"int8": (np.int8, -128, 127), "int16": (np.int16, -32768, 32767)}
+_INT = {"int8": (np.int8, *int_range(8)), "int16": (np.int16, *int_range(16))}
 _QUANT_BITS = {"S8": 8, "S16": 16}
 _F32 = np.float32
 
@@ -750,7 +750,7 @@ def _float_activation(eng: Engine, node: Node, bits: int, x: np.ndarray) -> np.n
         else:  # pragma: no cover - guarded by the builder
             raise EngineError(f"node {node.name!r}: no float path for {op}", "re-export with esp-ppq")
         y = eng.target.round(y)
-        lo, hi = _INT["int8" if bits == 8 else "int16"][1:]
+        lo, hi = int_range(bits)
         y = np.nan_to_num(y, nan=0.0, posinf=hi, neginf=lo)
         return np.clip(y, lo, hi).astype(np.int64)
 
@@ -808,7 +808,7 @@ def _build_clip(eng: Engine, node: Node) -> _Plan:
     out_type = eng._out_type(node)
     _, consts = eng._split(node)
     bits = eng._bits(node)
-    lo, hi = _INT["int8" if bits == 8 else "int16"][1:]
+    lo, hi = int_range(bits)
     mn = int(np.asarray(consts[1].data).reshape(-1)[0]) if len(consts) > 1 and consts[1] is not None else lo
     mx = int(np.asarray(consts[2].data).reshape(-1)[0]) if len(consts) > 2 and consts[2] is not None else hi
     rescale = _dl_scale(eng._exp(node.inputs[0], node)) * _dl_scale(-eng._exp(node.outputs[0], node))

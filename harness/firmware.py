@@ -22,7 +22,6 @@ from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "firmware" / "streaming_runner"
-RUNNER_CORE = APP_DIR / "components" / "runner_core"
 APP_NAME = "streaming_runner"
 STAMP = "hil-sources.sha256"
 BUILD_TIMEOUT = 1800
@@ -148,24 +147,18 @@ def parse_ports(option: str | None, targets: list[str]) -> dict[str, list[str]]:
     return ports
 
 
-def board_unavailable(targets: list[str], port_option: str | None) -> str | None:
-    """Why the board path cannot run for ``targets``, or None when it can."""
+def board_unavailable(targets: list[str], port_option: str | None) -> tuple[str, str] | None:
+    """Why the board path cannot run for ``targets`` and how to fix it, or None when it can."""
     no_build = [t for t in targets if prebuilt(t) is None]
     if no_build and idf_missing():
-        return (f"{idf_missing()} and firmware/streaming_runner has no current build for {', '.join(no_build)}; "
+        return (f"{idf_missing()} and firmware/streaming_runner has no current build for {', '.join(no_build)}",
                 f"install ESP-IDF {IDF_VERSION} ({IDF_HELP}) and run . $IDF_PATH/export.sh")
     ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
     without = [t for t, p in ports.items() if not p]
     if without:
-        return (f"no board found for {', '.join(without)} (no serial port of an Espressif USB or USB-UART bridge); "
-                f"connect the board or pass --port=/dev/ttyUSB0")
+        return (f"no board found for {', '.join(without)} (no serial port of an Espressif USB or USB-UART bridge)",
+                "connect the board or pass --port=/dev/ttyUSB0")
     return None
-
-
-def flasher_summary(directory: Path) -> str:
-    """What a flash writes, for the log: offsets and files from flasher_args.json."""
-    args = json.loads((directory / "flasher_args.json").read_text())
-    return ", ".join(f"{offset} {Path(name).name}" for offset, name in sorted(args.get("flash_files", {}).items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.tensors import QTensor
 
 
 @dataclass(frozen=True)
@@ -29,10 +28,6 @@ class Frames:
     target: str
     seed: int | None
     source: str  # "generated" or the user file
-
-    @property
-    def qtensor(self) -> QTensor:
-        return QTensor(self.values, self.exponent)
 
     @property
     def sequence_length(self) -> int:

@@ -147,9 +147,10 @@ def _choose_dut(requested: str, targets: list[str], port_option: str | None) -> 
         ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
         listed = "; ".join(f"{t} on {', '.join(p)}" for t, p in ports.items())
         return "board", f"--dut {requested}: {listed}", ports
+    cause, fix = missing
     if requested == "board":
-        raise HarnessError(f"--dut board: {missing.split('; ')[0]}", missing.split("; ", 1)[1])
-    return "virtual", f"--dut auto fell back to the virtual board: {missing.split('; ')[0]}", {}
+        raise HarnessError(f"--dut board: {cause}", fix)
+    return "virtual", f"--dut auto fell back to the virtual board: {cause}", {}
 
 
 SETTINGS = pytest.StashKey[Settings]()

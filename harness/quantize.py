@@ -303,7 +303,7 @@ class Quantizer:
                     windows.append([chunk, cache])
                     _, cache = sub.streaming_forward(chunk, cache)
         onnx_path = out / f"{name}.streaming.onnx"
-        self._export_onnx(_StreamingWrapper(sub), windows[1], onnx_path, STREAMING_IO, out / "logs" / f"{name}.streaming.onnx.log")
+        self._export_onnx(_streaming_module(sub), windows[1], onnx_path, STREAMING_IO, out / "logs" / f"{name}.streaming.onnx.log")
         _check_streaming_io(onnx_path, f"module {name[1:]} of '{spec.name}'")
         graph, unlocked = self._quantize(
             onnx_path, platform, spec.bits, windows, windows[1], lambda g: corresponding_scales(offline, g),
@@ -440,21 +440,19 @@ def _check_streaming_io(onnx_path: Path, what: str) -> None:
         )
 
 
-class _StreamingWrapper:
-    """Exposes ``streaming_forward(x, cache)`` as ``forward`` for ONNX export."""
+def _streaming_module(sub):
+    """``sub`` with ``streaming_forward(x, cache)`` as its ``forward``, for ONNX export."""
+    import torch
 
-    def __new__(cls, sub):
-        import torch
+    class Streaming(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sub = sub
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.sub = sub
+        def forward(self, x, cache):
+            return self.sub.streaming_forward(x, cache)
 
-            def forward(self, x, cache):
-                return self.sub.streaming_forward(x, cache)
-
-        return Wrapper().eval()
+    return Streaming().eval()
 
 
 def _locking_calibration(calibration, locks: Callable | None):
