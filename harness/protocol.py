@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Union
@@ -32,7 +33,8 @@ HEADER = struct.Struct("<BHH")  # type, seq, len
 CRC = struct.Struct("<I")
 MIN_BODY_SIZE = HEADER.size + CRC.size  # 9
 FRAMES_HEADER_SIZE = 8  # first_frame u32, count u16, frame_bytes u16
-OUTPUT_HEADER_SIZE = 19  # window u32 ... timing_count u8; then 8 bytes per timing, then the data
+OUTPUT_HEADER_SIZE = 19  # window u32 ... timing_count u8; then 16 bytes per timing, then the data
+OUTPUT_PART_SIZE = 4  # a part (windows 0): part_first_frame u16, part_frames u16 after the timings
 MODEL_CHUNK_HEADER_SIZE = 5  # slot u8, offset u32
 CONFIGURE_FLAG_ALL_OUTPUTS = 0x01
 BAD_FRAME_REF_SEQ = 0xFFFF
@@ -459,45 +461,74 @@ class Info:
 
 @dataclass(frozen=True)
 class Timing:
+    """One module's run time in an OUTPUT, summed over the batch's windows: u64 each, so neither a run of
+    more than 2^32 CPU cycles nor a batch's sum wraps."""
+
     cycles: int
     microseconds: int
-    _S: ClassVar = struct.Struct("<II")
+    _S: ClassVar = struct.Struct("<QQ")
 
 
 @dataclass(frozen=True)
 class Output:
-    """One module's outputs of ``windows`` consecutive windows (CONFIGURE.output_batch), from ``window`` on."""
+    """One module's outputs of ``windows`` consecutive windows (CONFIGURE.output_batch), from ``window`` on;
+    or, with ``windows`` 0, a *part* of window ``window``: its frames ``part_first_frame`` ..
+    ``part_first_frame + part_frames - 1`` (protocol.md section 7.7, a window too large for one OUTPUT)."""
 
-    window: int  # the batch's first window
-    windows: int  # consecutive windows in this message, >= 1
+    window: int  # the batch's first window; a part: its window
+    windows: int  # consecutive windows in this message, >= 1; 0: this message is a part of one window
     module: int
-    step: int  # the step at which `module` ran on the batch's last window
+    step: int  # the step at which `module` ran on the batch's last window (a part: on its window)
     layout: Layout
     bits: int  # 8 or 16
     exponent: int
-    frames: int  # frame-axis size of ONE window's tensor
+    frames: int  # frame-axis size of ONE window's tensor (a part too: the whole window's)
     channels: int
-    timings: tuple[Timing, ...]  # modules 0..module, each summed over the batch's windows
-    data: bytes  # `windows` tensors of frames x channels values, each in `layout`, in window order, LE
+    timings: tuple[Timing, ...]  # modules 0..module, each summed over the batch's windows (a part: its window's)
+    data: bytes  # `windows` tensors of frames x channels values, each in `layout`, in window order, LE; a part:
+    #              part_frames x channels values in `layout` (NCW: per channel, its values of the part's frames)
+    part_first_frame: int = 0  # a part: its first frame within the window; 0 otherwise
+    part_frames: int = 0  # a part: frames it carries, >= 1; 0 otherwise
     TYPE: ClassVar[MessageType] = MessageType.OUTPUT
     _S: ClassVar = struct.Struct("<IHBIBBbHHB")
+    _PART: ClassVar = struct.Struct("<HH")
+
+    @property
+    def is_part(self) -> bool:
+        """A part of one window (``windows`` 0), not whole windows."""
+        return self.windows == 0
 
     @property
     def window_bytes(self) -> int:
-        """Bytes of one window's tensor."""
+        """Bytes of one (whole) window's tensor."""
         return self.frames * self.channels * self.bits // 8
+
+    @property
+    def data_frames(self) -> int:
+        """Frames ``data`` holds: ``windows`` x ``frames``, or a part's ``part_frames``."""
+        return self.part_frames if self.is_part else self.windows * self.frames
+
+    def _data_size(self) -> int:
+        return self.data_frames * self.channels * self.bits // 8
 
     def pack(self) -> bytes:
         if self.bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, got {self.bits}")
-        if self.windows < 1:
-            raise ValueError(f"an OUTPUT carries at least 1 window, got windows {self.windows}")
-        if len(self.data) != self.windows * self.window_bytes:
-            raise ValueError(f"OUTPUT data is {len(self.data)} bytes, windows x frames x channels x bits/8 = "
-                             f"{self.windows * self.window_bytes}")
+        if self.is_part:
+            if self.part_frames < 1 or self.part_first_frame + self.part_frames > self.frames:
+                raise ValueError(f"OUTPUT part of frames {self.part_first_frame} + {self.part_frames} does not lie "
+                                 f"within a window of {self.frames} frames")
+        elif self.windows < 1 or self.part_first_frame or self.part_frames:
+            raise ValueError(f"an OUTPUT carries at least 1 window and no part fields (or windows 0 for a part), "
+                             f"got windows {self.windows}, part {self.part_first_frame} + {self.part_frames}")
+        if len(self.data) != self._data_size():
+            raise ValueError(f"OUTPUT data is {len(self.data)} bytes, {self.data_frames} frames x channels x bits/8 "
+                             f"= {self._data_size()}")
         head = _pack(self._S, self.window, self.windows, self.module, self.step, self.layout, self.bits,
                      self.exponent, self.frames, self.channels, len(self.timings))
-        return head + b"".join(_pack(Timing._S, t.cycles, t.microseconds) for t in self.timings) + bytes(self.data)
+        part = _pack(self._PART, self.part_first_frame, self.part_frames) if self.is_part else b""
+        return (head + b"".join(_pack(Timing._S, t.cycles, t.microseconds) for t in self.timings) + part
+                + bytes(self.data))
 
     @classmethod
     def unpack(cls, payload: bytes) -> Output:
@@ -506,25 +537,34 @@ class Output:
         layout = r.enum(Layout, layout)
         if bits not in (8, 16):
             raise r.fail(f"bits {bits} is not 8 or 16")
-        if windows == 0:
-            raise r.fail("windows 0: an OUTPUT carries at least 1 window")
         timings = tuple(Timing(*r.take(Timing._S)) for _ in range(n))
+        first = count = 0
+        if windows == 0:  # a part: its frame range follows the timings
+            first, count = r.take(cls._PART)
+            if count == 0:
+                raise r.fail("part_frames 0: an OUTPUT part carries at least 1 frame")
+            if first + count > frames:
+                raise r.fail(f"part of frames {first}..{first + count - 1} lies beyond a window of {frames} frames")
         data = r.rest()
-        size = windows * frames * channels * bits // 8
+        size = (count if windows == 0 else windows * frames) * channels * bits // 8
         if len(data) != size:
-            raise r.fail(f"{len(data)} data bytes, windows {windows} x frames {frames} x channels {channels} x "
-                         f"{bits // 8} = {size}")
-        return cls(window, windows, module, step, layout, bits, exponent, frames, channels, timings, data)
+            what = f"part_frames {count}" if windows == 0 else f"windows {windows} x frames {frames}"
+            raise r.fail(f"{len(data)} data bytes, {what} x channels {channels} x {bits // 8} = {size}")
+        return cls(window, windows, module, step, layout, bits, exponent, frames, channels, timings, data, first,
+                   count)
 
     def array(self) -> np.ndarray:
         """The tensors as int8/int16 ``[windows * frames, channels]`` (NWC, whatever the wire layout):
-        each window's block converted from ``layout``, the blocks concatenated along time in window order."""
+        each window's block converted from ``layout``, the blocks concatenated along time in window order.
+        A part: its frames of the window, ``[part_frames, channels]`` (row i is frame
+        ``part_first_frame + i`` of window ``window``); ``join_parts`` assembles a window from its parts."""
         values = np.frombuffer(self.data, dtype=_INT_DTYPES[self.bits // 8])
+        blocks, frames = (1, self.part_frames) if self.is_part else (self.windows, self.frames)
         if self.layout == Layout.NWC:
-            values = values.reshape(self.windows * self.frames, self.channels)
+            values = values.reshape(blocks * frames, self.channels)
         else:
-            values = values.reshape(self.windows, self.channels, self.frames).transpose(0, 2, 1)
-            values = values.reshape(self.windows * self.frames, self.channels)
+            values = values.reshape(blocks, self.channels, frames).transpose(0, 2, 1)
+            values = values.reshape(blocks * frames, self.channels)
         return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
 
     @classmethod
@@ -544,6 +584,17 @@ class Output:
         return cls(window, windows, module, step, Layout(layout), a.itemsize * 8, exponent, frames, channels,
                    tuple(timings), data)
 
+    def part(self, first_frame: int, frames: int) -> Output:
+        """Frames ``first_frame`` .. ``first_frame + frames - 1`` of this one-window OUTPUT as a part: the same
+        header and timings, ``windows`` 0, the range's data in ``layout`` (NCW: per channel)."""
+        if self.windows != 1:
+            raise ValueError(f"only a one-window OUTPUT is sent in parts, this one has windows {self.windows}")
+        if frames < 1 or first_frame < 0 or first_frame + frames > self.frames:
+            raise ValueError(f"frames {first_frame} + {frames} do not lie within a window of {self.frames} frames")
+        rows = self.array()[first_frame:first_frame + frames]
+        wire = rows if self.layout == Layout.NWC else rows.T
+        data = np.ascontiguousarray(wire, dtype=rows.dtype.newbyteorder("<")).tobytes()
+        return dataclasses.replace(self, windows=0, data=data, part_first_frame=first_frame, part_frames=frames)
 
 @dataclass(frozen=True)
 class Credit:
@@ -698,7 +749,8 @@ def max_windows_per_output(max_payload: int, frames: int, channels: int, bits: i
 
     ``frames`` x ``channels`` values of ``bits`` (8 or 16) per window; ``modules`` timing records
     (the reported module's index + 1). CONFIGURE is refused with BAD_CONFIG when ``output_batch``
-    (0 = 1) exceeds this for a reported module.
+    (0 = 1) exceeds this for a reported module, except that when this is 0 an ``output_batch`` of 1 is
+    served in parts (``part_ranges``).
     """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
@@ -709,6 +761,133 @@ def max_windows_per_output(max_payload: int, frames: int, channels: int, bits: i
         return 0
     window_bytes = frames * channels * bits // 8
     return 0xFFFF if window_bytes == 0 else min(0xFFFF, room // window_bytes)
+
+
+def max_frames_per_part(max_payload: int, channels: int, bits: int, modules: int) -> int:
+    """Most frames of one window an OUTPUT part carries within ``max_payload`` (0: not even one frame fits; at
+    most 0xFFFF): ``(max_payload - 19 - 16 x modules - 4) // (channels x bits / 8)``."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    if channels < 1 or not 0 <= modules <= 0xFF:
+        raise ValueError(f"bad OUTPUT part shape: channels {channels}, modules {modules}")
+    room = max_payload - OUTPUT_HEADER_SIZE - Timing._S.size * modules - OUTPUT_PART_SIZE
+    return max(0, min(0xFFFF, room // (channels * bits // 8)))
+
+
+def part_ranges(max_payload: int, frames: int, channels: int, bits: int, modules: int) -> list[tuple[int, int]]:
+    """``(part_first_frame, part_frames)`` of every part a device sends for one window of module k
+    (``modules`` = k + 1), in order: ``[]`` when the window fits one OUTPUT (no parts), else parts of
+    ``max_frames_per_part`` frames, the last one the rest. ValueError when not even one frame fits a part
+    (CONFIGURE answers BAD_CONFIG)."""
+    if max_windows_per_output(max_payload, frames, channels, bits, modules) > 0:
+        return []
+    per_part = max_frames_per_part(max_payload, channels, bits, modules)
+    if per_part == 0:
+        raise ValueError(f"one frame of {channels} x int{bits} does not fit an OUTPUT part of {max_payload} bytes "
+                         f"with {modules} timing records")
+    return [(first, min(per_part, frames - first)) for first in range(0, frames, per_part)]
+
+
+def split_output(output: Output, max_payload: int) -> list[Output]:
+    """What a device sends for ``output``: itself if it fits ``max_payload``, else its window's parts
+    (``output`` must then hold one window: CONFIGURE refuses a batch > 1 that does not fit)."""
+    ranges = part_ranges(max_payload, output.frames, output.channels, output.bits, len(output.timings))
+    if not ranges or output.windows > 1:
+        return [output]
+    return [output.part(first, count) for first, count in ranges]
+
+
+class OutputPartError(ProtocolError):
+    """The OUTPUT parts of a window arrived incomplete, out of order, overlapping or inconsistent.
+
+    ``reason``: ``missing`` (a part does not start where the window's previous part ended, or the first part
+    not at frame 0), ``overlap`` (a part repeats frames already received), ``incomplete`` (another OUTPUT, or the
+    end of the stream, came before the window's last frame), ``mismatch`` (a part's header or timings differ
+    from the window's first part). ``frames`` is the range ``(first, last)`` concerned.
+    """
+
+    def __init__(self, reason: str, device: str, module: int, window: int, frames: tuple[int, int], detail: str):
+        self.reason, self.module, self.window, self.frames = reason, module, window, frames
+        super().__init__(f"{device} sent the OUTPUT parts of module {module}, window {window} {detail}",
+                         "the runner broke protocol.md section 7.7; see the device log")
+
+
+_PART_HEADER = ("window", "module", "step", "layout", "bits", "exponent", "frames", "channels", "timings")
+
+
+class PartAssembler:
+    """Joins OUTPUT parts into whole-window OUTPUTs (protocol.md section 7.7), checking their order.
+
+    ``add(output)`` returns ``output`` itself when it is not a part, the window's whole OUTPUT (``windows`` 1,
+    the parts' header and timings, counted once) when its last part arrives, and None while a window is still
+    incomplete; ``finish()`` at the end of the stream (the ACK of FLUSH). Either raises ``OutputPartError``.
+    The parts of a window come one after the other: any other OUTPUT before the window's last frame is an error.
+    """
+
+    def __init__(self, device: str = "the device"):
+        self.device = device
+        self._parts: list[Output] = []
+        self._next = 0  # the frame the next part of the pending window must start at
+
+    @property
+    def pending(self) -> Output | None:
+        """The first part of the window being assembled, if any."""
+        return self._parts[0] if self._parts else None
+
+    def _error(self, reason: str, out: Output, frames: tuple[int, int], detail: str) -> OutputPartError:
+        self._parts, self._next = [], 0
+        return OutputPartError(reason, self.device, out.module, out.window, frames, detail)
+
+    def _incomplete(self, why: str) -> OutputPartError:
+        first = self._parts[0]
+        return self._error("incomplete", first, (self._next, first.frames - 1),
+                           f"incomplete: frames {self._next}..{first.frames - 1} of {first.frames} are missing "
+                           f"({why})")
+
+    def add(self, out: Output) -> Output | None:
+        if self._parts and (not out.is_part or (out.module, out.window) != (self._parts[0].module,
+                                                                          self._parts[0].window)):
+            what = (f"a part of module {out.module}, window {out.window}" if out.is_part
+                    else f"an OUTPUT of module {out.module}, window {out.window}")
+            raise self._incomplete(f"{what} came next")
+        if not out.is_part:
+            return out
+        last = out.part_first_frame + out.part_frames - 1
+        if self._parts:
+            first = self._parts[0]
+            differs = [name for name in _PART_HEADER if getattr(out, name) != getattr(first, name)]
+            if differs:
+                raise self._error("mismatch", out, (out.part_first_frame, last),
+                                  f"inconsistently: the part of frames {out.part_first_frame}..{last} differs from "
+                                  f"the first part in {', '.join(differs)}")
+        if out.part_first_frame > self._next:
+            raise self._error("missing", out, (self._next, out.part_first_frame - 1),
+                              f"out of order: frames {self._next}..{out.part_first_frame - 1} are missing (the next "
+                              f"part has frames {out.part_first_frame}..{last})")
+        if out.part_first_frame < self._next:
+            raise self._error("overlap", out, (out.part_first_frame, min(last, self._next - 1)),
+                              f"overlapping: the part of frames {out.part_first_frame}..{last} repeats frames "
+                              f"{out.part_first_frame}..{min(last, self._next - 1)}, already received")
+        self._parts.append(out)
+        self._next = last + 1
+        if self._next < out.frames:
+            return None
+        parts, self._parts, self._next = self._parts, [], 0
+        whole = np.concatenate([part.array() for part in parts])
+        return Output.from_array(out.window, out.module, out.step, whole, out.exponent, out.timings, out.layout)
+
+    def finish(self) -> None:
+        """End of the stream: a window still incomplete is an error."""
+        if self._parts:
+            raise self._incomplete("the stream ended")
+
+
+def join_parts(outputs, device: str = "the device") -> list[Output]:
+    """The OUTPUTs of a stream with every window's parts joined into its whole OUTPUT (PartAssembler)."""
+    assembler = PartAssembler(device)
+    joined = [whole for whole in map(assembler.add, outputs) if whole is not None]
+    assembler.finish()
+    return joined
 
 
 def max_chunk_size(max_payload: int) -> int:

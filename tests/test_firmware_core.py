@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 import zlib
 from contextlib import contextmanager
@@ -95,6 +96,9 @@ class Hcm1:
     window: int = 0  # 0: any window
     input: str = "input"
     output: str = "output"
+    cycles: int = 0  # 0: the formula (firmware/host/README.md)
+    first_cycles: int = 0  # extra cycles of the first run after bind
+    counter: int = 0  # 1: acc += runs since the last reset
 
     @property
     def cache_input(self) -> str:
@@ -108,17 +112,24 @@ class Hcm1:
         return (f"HCM1\ninput={self.input} output={self.output} cache_input={self.cache_input or '-'} "
                 f"cache_output={self.cache_output or '-'}\ncin={self.cin} cout={self.cout} bits={self.bits} "
                 f"obits={self.obits} ein={self.ein} eout={self.eout} mul={self.mul} add={self.add} "
-                f"shift={self.shift} context={self.context} window={self.window}\n").encode()
+                f"shift={self.shift} context={self.context} window={self.window}\n"
+                + "".join(f"{k}={getattr(self, k)}\n" for k in ("cycles", "first_cycles", "counter")
+                          if getattr(self, k))).encode()
+
+    def run_cycles(self, window: int) -> int:
+        """The cycles one run reports (after the first, which the warm-up takes)."""
+        return self.cycles or window * self.cout * (self.context + 1)
 
     def config(self, slot: int, input_layout=p.Layout.NWC, output_layout=p.Layout.NWC) -> p.ModuleConfig:
         return p.ModuleConfig(slot, input_layout, output_layout, self.input, self.output, self.cache_input,
                               self.cache_output)
 
-    def run(self, x: np.ndarray, history: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
-        """One window ``x`` [W, cin] after ``history`` [context, cin] -> (y [W, cout], the next history)."""
+    def run(self, x: np.ndarray, history: np.ndarray, target: str, runs: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """One window ``x`` [W, cin] after ``history`` [context, cin], the module's run number ``runs`` since
+        its last reset -> (y [W, cout], the next history)."""
         w = len(x)
         ext = np.concatenate([history, x]).astype(np.int64)  # the input stream, carried on through the cache
-        acc = self.mul * ext[self.context:] + self.add
+        acc = self.mul * ext[self.context:] + self.add + self.counter * runs
         for d in range(1, self.context + 1):
             acc = acc + ext[self.context - d:self.context - d + w]
         acc = acc[:, np.arange(self.cout) % self.cin]
@@ -135,7 +146,7 @@ def reference(models: list[Hcm1], frames: np.ndarray, window: int, target: str) 
     for j in range(len(frames) // window):
         x = frames[j * window:(j + 1) * window]
         for k, m in enumerate(models):
-            y, histories[k] = m.run(x, histories[k], target)
+            y, histories[k] = m.run(x, histories[k], target, runs=j)
             outputs[k].append(y)
             if k + 1 < len(models):
                 nxt = models[k + 1]
@@ -234,14 +245,15 @@ def test_build_is_warning_free_and_reports_a_source_hash(host_build):
     result = subprocess.run(["make", "-C", str(HOST_DIR), f"BUILD={host_build}", "-n", "-B"], capture_output=True,
                             text=True, check=True)
     compiles = [line for line in result.stdout.splitlines() if " -c " in line]
-    assert len(compiles) == 7 and all("-std=c99 -Wall -Wextra -Werror -pedantic" in c for c in compiles)
+    assert len(compiles) == 8 and all("-std=c99 -Wall -Wextra -Werror -pedantic" in c for c in compiles)
     build_ids = {part for c in compiles for part in c.split() if "RC_HOST_BUILD_ID" in part}
     assert len(build_ids) == 1 and "host-" in build_ids.pop()
 
 
 def test_core_keeps_no_state_outside_the_runner_object(host_build):
     """No writable static data in the core's objects: two runners can share a process."""
-    objects = [str(host_build / f"{name}.o") for name in ("rc_codec", "rc_sha256", "rc_stream", "runner_core")]
+    objects = [str(host_build / f"{name}.o") for name in ("rc_codec", "rc_espdl", "rc_sha256", "rc_stream",
+                                                           "runner_core")]
     symbols = subprocess.run(["nm", "--defined-only", *objects], capture_output=True, text=True, check=True).stdout
     assert [line for line in symbols.splitlines() if re.match(r"[0-9a-f]+ [bBdD] ", line)] == []
 
@@ -482,6 +494,48 @@ def test_models_and_configurations_are_checked_like_a_real_model(host_build, tmp
         assert link.configure(p.Configure(3, p.Schedule.SEQUENTIAL, 0, 0, 1, (good,)))[0].input_channels == 8
 
 
+@pytest.mark.parametrize("layout", list(p.Layout), ids=lambda layout: layout.name)
+def test_parts_carry_the_documented_function(host_runner_for_target, layout):
+    """Module 0's window (8 frames x 300 int16 channels, 4800 bytes) goes out in parts of 6 and 2 frames, stored
+    part by part (NCW: per channel within each part); module 1's (8 x 2 int8) whole: both equal the reference."""
+    target, _, link = host_runner_for_target
+    models = [Hcm1(cin=4, cout=300, bits=8, obits=16, ein=-4, eout=-9, mul=-3, add=5, shift=-2, context=2),
+              Hcm1(cin=300, cout=2, bits=8, obits=8, ein=-5, eout=-3, mul=1, add=0, shift=1, context=0)]
+    layouts = [(p.Layout.NWC, layout), (layout, p.Layout.NWC)]
+    load(link, models, layouts, 8, p.Schedule.SEQUENTIAL, output_batch=1)
+    frames = input_frames(24, 4, 8, seed=3)
+    outputs: list[p.Output] = []
+    link.stream(frames, outputs.append)
+    assert [(o.module, o.window, o.part_first_frame, o.part_frames) for o in outputs if o.module == 0] == [
+        (0, j, first, count) for j in range(3) for first, count in p.part_ranges(4096, 8, 300, 16, 1)]
+    assert p.part_ranges(4096, 8, 300, 16, 1) == [(0, 6), (6, 2)]
+    assert all(not o.is_part for o in outputs if o.module == 1)
+    joined = p.join_parts(outputs)
+    expected = reference(models, frames, 8, target)
+    for k in range(2):
+        got = np.concatenate([o.array() for o in joined if o.module == k])
+        assert np.array_equal(got, expected[k]), k
+    assert all(o.timings[0].cycles == models[0].run_cycles(8) for o in joined if o.module == 0)
+    with pytest.raises(DeviceError, match=r"BAD_CONFIG.*module 0: 2 windows of 8 x 300 do not fit one OUTPUT of 4096 "
+                                          r"bytes \(one window goes in parts with output_batch 1\)"):
+        load(link, models, layouts, 8, p.Schedule.SEQUENTIAL, output_batch=2)
+    link.hello()
+
+
+def test_a_frame_too_large_for_an_output_part_is_refused(host_build, tmp_path):
+    with host_runner(host_build, "esp32p4", tmp_path / "runner.log") as (_, link):
+        link.upload(0, "m0.hcm1", Hcm1(cin=4, cout=2100, obits=16).blob())  # one frame: 4200 bytes
+        with pytest.raises(DeviceError, match=r"BAD_CONFIG.*module 0: one frame of 2100 x int16 does not fit an "
+                                              r"OUTPUT part of 4096 bytes"):
+            link.configure(p.Configure(1, p.Schedule.SEQUENTIAL, 0, 0, 1, (Hcm1(cin=4, cout=2100).config(0),)))
+        link.hello()
+        link.upload(0, "m0.hcm1", Hcm1(cin=4, cout=2000, obits=16).blob())  # 4000 bytes: one frame per part
+        link.configure(p.Configure(3, p.Schedule.SEQUENTIAL, 0, 0, 0, (Hcm1(cin=4, cout=2000).config(0),)))
+        outputs: list[p.Output] = []
+        link.stream(input_frames(3, 4, 8, seed=1), outputs.append)
+        assert [(o.part_first_frame, o.part_frames) for o in outputs] == [(0, 1), (1, 1), (2, 1)]
+
+
 def test_only_a_reported_modules_output_must_fit_one_message(host_build, tmp_path):
     with host_runner(host_build, "esp32p4", tmp_path / "runner.log") as (_, link):
         # 400 windows of 8 channels fit module 1's OUTPUT, not module 0's 16; module 0 does not report
@@ -548,9 +602,9 @@ def test_runner_host_is_clean_under_asan_and_ubsan(asan_build, host_build, tmp_p
     models, layouts = pipeline_models()
     with host_runner(asan_build, "esp32s3", log) as (board, link):
         for schedule, window, batch in [(p.Schedule.ROUND_ROBIN, 3, 1), (p.Schedule.SEQUENTIAL, 1, 7),
-                                        (p.Schedule.ROUND_ROBIN, 2, 3)]:
-            load(link, models, layouts, window, schedule, batch, queue_depth=20)
-            frames = input_frames(40, CHANNELS, 8, seed=window)
+                                        (p.Schedule.ROUND_ROBIN, 2, 3), (p.Schedule.SEQUENTIAL, 700, 1)]:
+            load(link, models, layouts, window, schedule, batch, queue_depth=20)  # 700 frames: OUTPUT parts
+            frames = input_frames(max(40, 2 * window), CHANNELS, 8, seed=window)
             got = collect(link, frames, 3)
             assert np.array_equal(got[2], reference(models, frames, window, "esp32s3")[2])
         load(link, models, layouts, 1, p.Schedule.ROUND_ROBIN, queue_depth=2)
@@ -583,3 +637,319 @@ def test_conformance_pipeline_fits_the_schedule_tests(host_build, tmp_path):
             plan = plan_schedule(3, window, p.Schedule.ROUND_ROBIN, 12, queue_depth=12, flush=True)
             assert sorted((o.window, o.module, o.step) for o in outputs) == sorted(
                 (r.window, r.module, r.step) for r in plan.runs)
+
+
+# --------------------------------------------------------------------------- 64-bit timings
+
+def test_cycle_count_is_widened_from_32_bits(host_build):
+    """rc_cycles_widen: the 32-bit counter's difference plus the 64-bit microseconds give the full count."""
+    rng = random.Random(11)
+    cases = []  # (cycles32, microseconds, mhz, true count)
+    for mhz in (240, 360, 400):
+        for _ in range(300):
+            true = rng.choice([rng.randrange(0, 1 << 32), rng.randrange(1 << 32, 1 << 45),
+                               rng.randrange(1, 4096) * (1 << 32) + rng.randrange(-5000, 5000)])
+            # the two clocks are read at slightly different moments and the timer ticks in microseconds
+            us = max(0, round(true / mhz) + rng.randrange(-2000, 2001))
+            cases.append((true % (1 << 32), us, mhz, true))
+    cases += [(0, 0, 400, 0), (123, 0, 400, 123), (0xFFFFFFFF, 0, 400, 0xFFFFFFFF),  # short runs: as counted
+              (5, 12_000_000, 400, (1 << 32) * 1 + 5),  # 12 s at 400 MHz: 4.8e9 cycles, one wrap
+              (7, 3_600_000_000, 400, 1_440_000_000_000 - 1_440_000_000_000 % (1 << 32) + 7),  # an hour
+              (77, 5_000_000, 0, 77)]  # no clock rate: the 32-bit value as it is
+    answers = codec_check(host_build, [f"cycles {c} {us} {mhz}" for c, us, mhz, _ in cases]
+                          + ["cycles 1 18446744073709551615 400"])  # absurd time: no overflow, no crash
+    for (c, us, mhz, true), answer in zip(cases, answers):
+        assert answer == {"cycles": true}, (c, us, mhz)
+    assert answers[-1]["cycles"] % (1 << 32) == 1
+
+
+def test_batched_timings_are_summed_in_64_bits(host_build, tmp_path):
+    """Four runs of 2e9 cycles in one OUTPUT: 8e9, beyond 2^32, reaches the host exactly (u64 on the wire)."""
+    model = Hcm1(cin=2, cout=2, cycles=2_000_000_000)
+    with host_runner(host_build, "esp32p4", tmp_path / "runner.log") as (_, link):
+        load(link, [model], [(p.Layout.NWC, p.Layout.NWC)], 1, p.Schedule.SEQUENTIAL, output_batch=4)
+        outputs: list[p.Output] = []
+        link.stream(input_frames(10, 2, 8, seed=1), outputs.append)
+    assert [(o.window, o.windows) for o in outputs] == [(0, 4), (4, 4), (8, 2)]
+    assert [o.timings[0].cycles for o in outputs] == [8_000_000_000, 8_000_000_000, 4_000_000_000]
+    assert all(o.timings[0].microseconds >= 0 for o in outputs)
+
+
+# --------------------------------------------------------------------------- warm-up at CONFIGURE
+
+def test_configure_warms_every_module_up_and_resets_it(host_build, tmp_path):
+    """CONFIGURE runs every module once (its first-run cost stays out of the timings) and resets it after (no run
+    count, no cache content of the warm-up reaches the stream)."""
+    models = [Hcm1(cin=4, cout=4, context=2, first_cycles=1_000_000_000, counter=1, mul=1, add=3, shift=0),
+              Hcm1(cin=4, cout=3, context=1, first_cycles=7_000_000, counter=1, mul=2, add=-1, shift=1)]
+    layouts = [(p.Layout.NWC, p.Layout.NCW), (p.Layout.NCW, p.Layout.NWC)]
+    window = 3
+    frames = input_frames(12, 4, 8, seed=5)
+    with host_runner(host_build, "esp32s3", tmp_path / "runner.log") as (_, link):
+        for attempt in range(2):  # a second CONFIGURE binds again: warmed up and reset again
+            load(link, models, layouts, window, p.Schedule.ROUND_ROBIN, output_batch=1)
+            outputs: list[p.Output] = []
+            link.stream(frames, outputs.append)
+            expected = reference(models, frames, window, "esp32s3")
+            for k in range(len(models)):
+                mine = sorted((o for o in outputs if o.module == k), key=lambda o: o.window)
+                assert np.array_equal(np.concatenate([o.array() for o in mine]), expected[k]), (attempt, k)
+                for o in mine:  # window 0 included: no first-run cost in any timing
+                    assert [t.cycles for t in o.timings] == [m.run_cycles(window) for m in models[:k + 1]], (
+                        attempt, o.window, o.module)
+
+
+# --------------------------------------------------------------------------- .espdl memory estimate
+
+_ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}  # espdl.fbs TensorDataType
+_NUMPY_ELEM = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6, "int64": 7, "bool": 9,
+               "float16": 10, "float64": 11, "uint32": 12, "uint64": 13}
+
+
+def _fbs(name: str):
+    """esp-ppq's generated FlatBuffers module for espdl.fbs table ``name`` (builder functions)."""
+    import importlib
+
+    from harness.espdl import _flatc_package
+
+    _flatc_package()
+    return importlib.import_module(f"FlatBuffers.Dl.{name}")
+
+
+def espdl_file(tensors, nodes=(), magic: bytes = b"EDL2") -> bytes:
+    """A synthetic .espdl: ``tensors`` (name, TensorDataType, dims; a str dim is symbolic, None no shape), the
+    first the graph input and the last its output, all of them in value_info as esp-ppq writes them;
+    ``nodes`` (op_type, output names)."""
+    import flatbuffers
+
+    DV, D, TS, TTS, TI, VI, N, G, M = (_fbs(n) for n in ("DimensionValue", "Dimension", "TensorShape",
+                                                           "TensorTypeAndShape", "TypeInfo", "ValueInfo", "Node",
+                                                           "Graph", "Model"))
+    b = flatbuffers.Builder(1024)
+
+    def vector(start, items):
+        start(b, len(items))
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    def value_info(name, elem, dims):
+        shape = None
+        if dims is not None:
+            dim_tables = []
+            for d in dims:
+                param = b.CreateString(d) if isinstance(d, str) else None
+                DV.Start(b)
+                DV.AddDimType(b, 2 if param else 1)
+                if param:
+                    DV.AddDimParam(b, param)
+                else:
+                    DV.AddDimValue(b, d)
+                value = DV.End(b)
+                D.Start(b)
+                D.AddValue(b, value)
+                dim_tables.append(D.End(b))
+            dims_vector = vector(TS.StartDimVector, dim_tables)
+            TS.Start(b)
+            TS.AddDim(b, dims_vector)
+            shape = TS.End(b)
+        TTS.Start(b)
+        TTS.AddElemType(b, elem)
+        if shape is not None:
+            TTS.AddShape(b, shape)
+        tensor_type = TTS.End(b)
+        TI.Start(b)
+        TI.AddValueType(b, 1)
+        TI.AddValue(b, tensor_type)
+        type_info = TI.End(b)
+        text = b.CreateString(name)
+        VI.Start(b)
+        VI.AddName(b, text)
+        VI.AddValueInfoType(b, type_info)
+        return VI.End(b)
+
+    def node(op_type, outputs):
+        names = [b.CreateString(o) for o in outputs]
+        out_vector = vector(N.StartOutputVector, names)
+        op = b.CreateString(op_type)
+        N.Start(b)
+        N.AddOutput(b, out_vector)
+        N.AddOpType(b, op)
+        return N.End(b)
+
+    infos = [value_info(*t) for t in tensors]
+    node_tables = [node(*n) for n in nodes]
+    node_vector = vector(G.StartNodeVector, node_tables)
+    inputs, outputs, values = (vector(G.StartInputVector, infos[:1]), vector(G.StartOutputVector, infos[-1:]),
+                               vector(G.StartValueInfoVector, infos))
+    G.Start(b)
+    G.AddNode(b, node_vector)
+    G.AddInput(b, inputs)
+    G.AddOutput(b, outputs)
+    G.AddValueInfo(b, values)
+    graph = G.End(b)
+    M.Start(b)
+    M.AddGraph(b, graph)
+    b.Finish(M.End(b))
+    body = bytes(b.Output())
+    header = magic + struct.pack("<II", 0, len(body)) + (bytes(4) if magic == b"EDL2" else b"")
+    return header + body
+
+
+def _aligned(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def expected_need(tensors: list[tuple[str, int, tuple]], nodes, flatbuffer: int) -> dict:
+    """The estimate of firmware/README.md ("Memory check before loading") in Python: ``tensors`` as counted
+    (graph input, graph output, value_info), sizes None where the file fixes none."""
+    sizes = [None if dims is None or any(isinstance(d, str) for d in dims) or elem not in _ELEM_BYTES
+             else _ELEM_BYTES[elem] * int(np.prod(dims, dtype=np.int64)) for _, elem, dims in tensors]
+    largest = max((s for s in sizes if s is not None), default=0)
+    tensor_bytes = sum(_aligned(largest if s is None else s) for s in sizes)
+    by_name = {}
+    for (name, _, _), size in zip(tensors, sizes):
+        by_name.setdefault(name, largest if size is None else size)
+    state = sum(_aligned(by_name.get(outs[0], largest) * (1 if op == "StreamingCache" else 16))
+                for op, outs in nodes if op in ("StreamingCache", "GRU", "LSTM"))
+    objects = 1024 * len(nodes) + 256 * len(tensors) + 16384
+    need = flatbuffer + tensor_bytes + state + objects
+    return {"nodes": len(nodes), "tensors": len(tensors), "unsized": sizes.count(None), "tensor_bytes": tensor_bytes,
+            "largest_tensor": largest, "state_bytes": state, "object_bytes": objects, "need_bytes": need,
+            "block_bytes": max(flatbuffer, tensor_bytes)}
+
+
+SYNTHETIC = {  # name: (tensors, nodes)
+    "streaming": ([("x", 3, (1, 3, 8)), ("h", 3, (1, 3, 16)), ("cached", 3, (1, 7, 16)), ("y", 5, (1, 3, 5))],
+                  [("Conv", ["h"]), ("StreamingCache", ["cached"]), ("Conv", ["y"])]),
+    "symbolic-dim-and-no-shape": ([("x", 3, (1, "T", 8)), ("h", 1, None), ("big", 1, (1, 40, 40)), ("y", 3, (1, 1))],
+                                  [("Conv", ["h"]), ("Softmax", ["big"]), ("Gemm", ["y"])]),
+    "gru-and-missing-output": ([("x", 5, (1, 4, 6)), ("y", 5, (4, 1, 1, 32))],
+                               [("GRU", ["y"]), ("StreamingCache", ["nowhere"]), ("LSTM", ["y"])]),
+    "scalar-and-zero": ([("x", 3, ()), ("e", 1, (0, 5)), ("y", 13, (3,))], [("Add", ["y"])]),
+}
+
+
+def _counted(tensors):
+    """The tensors as the estimate counts them: graph input, graph output, then every value_info."""
+    return [tensors[0], tensors[-1], *tensors]
+
+
+@pytest.mark.parametrize("name", list(SYNTHETIC))
+def test_espdl_estimate_of_synthetic_models(host_build, name):
+    tensors, nodes = SYNTHETIC[name]
+    for magic, header in ((b"EDL2", 16), (b"EDL1", 12)):
+        data = espdl_file(tensors, nodes, magic)
+        [answer] = codec_check(host_build, [f"espdl {data.hex()}"])
+        answer.pop("description")
+        expected = expected_need(_counted(tensors), nodes, len(data) - header)
+        assert answer == {"version": int(magic[3:]), "flatbuffer_bytes": len(data) - header, **expected}, magic
+
+
+def test_espdl_estimate_of_a_real_export(host_build, tiny, quantizer):
+    """An esp-ppq streaming export (with a StreamingCache): the C walk agrees with harness.espdl's reading, and
+    the need is at least the file plus every activation tensor (the brief of the check)."""
+    from harness.espdl import load_espdl
+
+    exports = quantizer.streaming_exports(tiny("tiny_auto"), 3)
+    answers = codec_check(host_build, [f"espdl {e.path.read_bytes().hex()}" for e in exports])
+    assert any(n.op_type == "StreamingCache" for e in exports for n in load_espdl(e.path).nodes)
+    for export, answer in zip(exports, answers):
+        model = load_espdl(export.path)
+        infos = [*model.inputs, *model.outputs, *model.value_info.values()]
+        tensors = [(i.name, _NUMPY_ELEM[i.dtype], i.shape) for i in infos]
+        nodes = [(n.op_type, list(n.outputs)) for n in model.nodes]
+        size = export.path.stat().st_size
+        answer.pop("description")
+        assert answer == {"version": 2, "flatbuffer_bytes": size - 16, **expected_need(tensors, nodes, size - 16)}
+        assert answer["need_bytes"] >= size + sum(_ELEM_BYTES[t[1]] * int(np.prod(t[2])) for t in tensors)
+
+
+def test_espdl_container_and_broken_flatbuffers_are_refused(host_build, asan_build):
+    good = espdl_file(*SYNTHETIC["streaming"])
+    cases = {
+        good[:15]: "15 bytes are too few for an .espdl file",
+        b"PDL2" + good[4:]: "packed models (PDL2) are not supported: upload one .espdl per slot",
+        b"ONNX" + good[4:]: "not an .espdl file (magic 4f 4e 4e 58)",
+        good[:4] + struct.pack("<I", 1) + good[8:]: "encrypted model (mode 1): the runner has no key",
+        good[:-1]: f"the header announces {len(good) - 16} bytes, the file holds {len(good) - 1}",
+        good[:8] + struct.pack("<I", 4) + good[12:]: "a FlatBuffer of 4 bytes holds no model",
+        good[:16] + struct.pack("<I", len(good)) + good[20:]: "broken FlatBuffer: the root offset points outside",
+    }
+    answers = codec_check(host_build, [f"espdl {data.hex()}" for data in cases])
+    for (data, text), answer in zip(cases.items(), answers):
+        assert answer["code"] == p.ErrorCode.MODEL_LOAD_FAILED and answer["text"].startswith(text), answer
+    # damaged files: every answer is an estimate or a refusal, never a crash (ASan/UBSan build too)
+    rng = random.Random(3)
+    damaged = []
+    for _ in range(400):
+        data = bytearray(good)
+        for _ in range(rng.randrange(1, 6)):
+            data[16 + rng.randrange(len(data) - 16)] = rng.randrange(256)
+        damaged.append(bytes(data))
+    damaged += [good[:16] + bytes([0xFF]) * (len(good) - 16), good[:16] + bytes(len(good) - 16)]
+    lines = [f"espdl {d.hex()}" for d in damaged]
+    answers = codec_check(host_build, lines)
+    assert answers == codec_check(asan_build, lines)
+    refused = [a for a in answers if "code" in a]
+    assert refused and all(a["code"] == p.ErrorCode.MODEL_LOAD_FAILED and a["text"].startswith("broken FlatBuffer")
+                           for a in refused)
+    assert len(refused) < len(answers)  # and some damage leaves a readable file
+
+
+def test_memory_decision(host_build):
+    """OUT_OF_MEMORY exactly when the need exceeds the free bytes or a single block the largest free block."""
+    cases = [((1000, 600, 1000, 600), 0), ((1001, 600, 1000, 600), 7), ((1000, 601, 1000, 600), 7),
+             ((1000, 600, 5000, 599), 7), ((0, 0, 0, 0), 0), ((1 << 40, 1 << 33, (1 << 40) - 1, 1 << 34), 7)]
+    answers = codec_check(host_build, ["memcheck " + " ".join(map(str, args)) for args, _ in cases])
+    for (args, code), answer in zip(cases, answers):
+        assert answer["code"] == code, args
+        if code:
+            need, block, free, largest = args
+            assert answer["text"] == (f"needs {need} bytes of PSRAM (one block of {block}), {free} free "
+                                      f"(largest block {largest})")
+
+
+def test_espdl_uploads_are_checked_before_loading(host_build, tmp_path):
+    """runner_host does what the ESP-IDF backend does before ESP-DL: OUT_OF_MEMORY naming the need and the free
+    bytes for a model that does not fit the PSRAM left, MODEL_LOAD_FAILED for a broken one."""
+    huge = espdl_file([("x", 3, (1, 1, 8)), ("act", 3, (1, 65536, 1024)), ("y", 3, (1, 1, 8))], [("Conv", ["act"])])
+    small = espdl_file(*SYNTHETIC["streaming"])
+    broken = small[:16] + struct.pack("<I", len(small)) + small[20:]
+    [need_huge, need_small] = codec_check(host_build, [f"espdl {huge.hex()}", f"espdl {small.hex()}"])
+    with host_runner(host_build, "esp32s3", tmp_path / "runner.log") as (_, link):
+        free = link.hello().free_psram_bytes - len(huge)  # the upload buffer holds the file
+        with pytest.raises(DeviceError, match=re.escape(
+                f"OUT_OF_MEMORY to MODEL_END seq 3: huge.espdl: needs {need_huge['need_bytes']} bytes of PSRAM "
+                f"(one block of {need_huge['block_bytes']}), {free} free (largest block {free})")):
+            link.upload(0, "huge.espdl", huge)
+        link.hello()
+        with pytest.raises(DeviceError, match=f"MODEL_LOAD_FAILED.*small.espdl: fits \\(needs "
+                                              f"{need_small['need_bytes']} bytes"):
+            link.upload(1, "small.espdl", small)
+        link.hello()
+        with pytest.raises(DeviceError, match="MODEL_LOAD_FAILED.*broken.espdl: broken FlatBuffer"):
+            link.upload(2, "broken.espdl", broken)
+        link.hello()
+        assert link.hello().free_psram_bytes == free + len(huge)  # every refused upload was released
+
+
+# --------------------------------------------------------------------------- reset reason in BOOT
+
+def test_an_unexpected_reboot_names_its_reset_reason(host_build, tmp_path):
+    models, layouts = pipeline_models()
+    with host_runner(host_build, "esp32p4", tmp_path / "runner.log") as (board, link):
+        assert link.hello() and "; reset: power-on" in board_banner(board, link)
+        load(link, models, layouts, 3)
+        board._control("reset task watchdog")  # the chip reboots in the middle of the session
+        with pytest.raises(p.ProtocolError, match=r"rebooted unexpectedly: espdl-hil streaming runner "
+                                                  r"\(host-core esp32p4\) ready; reset: task watchdog"):
+            link.stream(input_frames(6, CHANNELS, 8, seed=2), lambda out: None)
+
+
+def board_banner(board, link) -> str:
+    """Reset ``board`` as the host does at the start of a session and return the BOOT banner."""
+    board.reset()
+    banner = link.wait_boot().banner
+    link.hello()
+    return banner

@@ -29,6 +29,15 @@ CORE = APP / "components" / "runner_core"
 
 # ESP-IDF symbols the app's C/C++/CMake sources use.
 VERIFIED_IDF_SYMBOLS = {"IDF_TARGET", "IDF_TARGET_ESP32P4", "IDF_TARGET_ESP32S3"}
+# ESP-IDF symbols main/Kconfig.projbuild refers to (all defined by ESP-IDF's Kconfig for every target).
+VERIFIED_KCONFIG_SYMBOLS = {"IDF_TARGET_ESP32P4", "IDF_TARGET_ESP32S3", "SOC_USB_SERIAL_JTAG_SUPPORTED",
+                            "SOC_GPIO_OUT_RANGE_MAX"}
+# HP UARTs per target, SOC_UART_HP_NUM in components/soc/<target>/include/soc/soc_caps.h (v5.5.2, v5.5.5, v6.0.2):
+# the ports the UART driver takes as uart_port_t (esp32p4's LP UART is not one of them).
+UART_HP_NUM = {"esp32s3": 3, "esp32p4": 5}
+# esp_reset_reason_t in components/esp_system/include/esp_system.h: the same 16 values in v5.5.2 and v6.0.2.
+RESET_REASONS = ["UNKNOWN", "POWERON", "EXT", "SW", "PANIC", "INT_WDT", "TASK_WDT", "WDT", "DEEPSLEEP", "BROWNOUT",
+                 "SDIO", "USB", "JTAG", "EFUSE", "PWR_GLITCH", "CPU_LOCKUP"]
 # ESP-IDF options the sdkconfig.defaults* files name (set, or mentioned in their instructions).
 VERIFIED_IDF_OPTIONS = {
     # flash, partitions, speed
@@ -91,7 +100,7 @@ def sdkconfig(name: str) -> dict[str, str]:
 APP_CONFIGS = {
     "esp32p4-uart": ["CONFIG_IDF_TARGET=\"esp32p4\"", "CONFIG_IDF_TARGET_ESP32P4=1", "CONFIG_RUNNER_LINK_UART=1",
                      "CONFIG_RUNNER_UART_PORT=0", "CONFIG_RUNNER_UART_BAUD_RATE=921600", "CONFIG_RUNNER_UART_TX_PIN=-1",
-                     "CONFIG_RUNNER_UART_RX_PIN=-1"],
+                     "CONFIG_RUNNER_UART_RX_PIN=-1", "SOC_UART_HP_NUM=5"],  # soc/soc_caps.h of esp32p4
     "esp32s3-usb-serial-jtag": ["CONFIG_IDF_TARGET=\"esp32s3\"", "CONFIG_IDF_TARGET_ESP32S3=1",
                                 "CONFIG_RUNNER_LINK_USB_SERIAL_JTAG=1"],
 }
@@ -228,3 +237,106 @@ def test_esp_dl_is_called_from_one_file():
         uses = re.search(r"\b(dl|fbs)::", strip_comments_and_strings(text)) or re.search(
             r'^\s*#\s*include\s*[<"](dl_|fbs_)', text, re.M)
         assert path.name == "espdl_backend.cpp" or not uses, f"{path.name} uses ESP-DL: keep it in espdl_backend.cpp"
+
+
+# ------------------------------------------------------------------------------------- the review's fixes
+
+
+def kconfig_entry(name: str) -> str:
+    """The lines of ``config <name>`` in main/Kconfig.projbuild, up to the next entry."""
+    text = (MAIN / "Kconfig.projbuild").read_text()
+    m = re.search(rf"^\s*config {name}\n(.*?)(?=^\s*(?:config|choice|endchoice|menu|endmenu)\b)", text, re.M | re.S)
+    assert m, f"no config {name}"
+    return m[1]
+
+
+def test_uart_port_range_is_the_targets_uarts():
+    """RUNNER_UART_PORT takes exactly the HP UARTs of the target: 0-2 on esp32s3, 0-4 on esp32p4."""
+    entry = kconfig_entry("RUNNER_UART_PORT")
+    ranges = re.findall(r"^\s*range\s+(\S+)\s+(\S+)(?:\s+if\s+(\S+))?\s*$", entry, re.M)
+    assert ranges, "RUNNER_UART_PORT has no range"
+    assert all(cond for _, _, cond in ranges), "an unconditional range would allow a UART some target lacks"
+    by_target = {cond: (int(lo), int(hi)) for lo, hi, cond in ranges}
+    assert by_target == {f"IDF_TARGET_{t.upper()}": (0, n - 1) for t, n in UART_HP_NUM.items()}
+    # and the source refuses a stale sdkconfig's port at compile time against the same number
+    link = (MAIN / "runner_link.c").read_text()
+    assert re.search(r"^#if CONFIG_RUNNER_UART_PORT >= SOC_UART_HP_NUM\b[^\n]*\n#error", link, re.M)
+
+
+def test_kconfig_refers_to_verified_symbols():
+    text = re.sub(r"#[^\n]*", " ", (MAIN / "Kconfig.projbuild").read_text())
+    words = set(re.findall(r"\b(?:depends on|if|range\s+\S+)\s+([A-Z][A-Z0-9_]+)", text))
+    words |= set(re.findall(r"\brange\s+-?\d+\s+([A-Z][A-Z0-9_]+)", text))
+    assert words <= kconfig_symbols() | VERIFIED_KCONFIG_SYMBOLS, sorted(words - kconfig_symbols())
+
+
+def _function(path: Path, name: str) -> str:
+    """The body of function ``name`` in ``path`` (comments and strings removed), up to the next top-level '}'."""
+    code = strip_comments_and_strings(path.read_text())
+    m = re.search(rf"\b{name}\([^;{{]*\)\s*\{{(.*?)\n\}}", code, re.S)
+    assert m, f"{path.name} has no function {name}"
+    return m[1]
+
+
+def test_backend_widens_the_cycle_count_and_checks_memory_before_esp_dl():
+    backend = MAIN / "espdl_backend.cpp"
+    run = _function(backend, "module_run")
+    # the 32-bit counter's difference goes through the core's widening with the 64-bit timer: never truncated
+    assert re.search(r"rc_cycles_widen\(\s*static_cast<uint32_t>\(after - before\)", run)
+    assert "static_cast<uint32_t>(end - start)" not in run and "uint32_t>(esp_cpu_get_cycle_count" not in run
+    assert run.index("esp_cpu_get_cycle_count") < run.index("esp_timer_get_time")
+    assert run.rindex("esp_timer_get_time") < run.rindex("esp_cpu_get_cycle_count")
+    load = _function(backend, "model_load")
+    assert load.index("rc_espdl_need(") < load.index("fits(") < load.index("new_model(")
+    bind = _function(backend, "module_bind")
+    assert bind.index("fits(") < bind.index("new_model(")
+    fits = _function(backend, "fits")
+    assert "heap_caps_get_free_size(MALLOC_CAP_SPIRAM)" in fits
+    assert "heap_caps_get_largest_free_block(MALLOC_CAP_SPIRAM)" in fits and "rc_memory_check(" in fits
+    assert "dl::Model(" not in strip_comments_and_strings(backend.read_text()).replace(
+        _function(backend, "new_model"), "")  # one constructor call, behind the check
+
+
+def test_boot_banner_names_the_reset_reason():
+    app = MAIN / "app_main.c"
+    names = _function(app, "reset_reason_name")
+    cases = re.findall(r"case ESP_RST_([A-Z_]+):\s*return \"([^\"]+)\"", (app.read_text()))
+    assert [c for c, _ in cases] == RESET_REASONS, "every esp_reset_reason_t value, in the header's order"
+    assert "default:" in names
+    readable = dict(cases)
+    assert (readable["POWERON"], readable["SW"], readable["PANIC"], readable["TASK_WDT"], readable["BROWNOUT"]) == (
+        "power-on", "software", "panic", "task watchdog", "brownout")
+    main = app.read_text().split("void app_main(void)")[1]  # with its strings: the banner's format
+    assert re.search(r"snprintf\(s_banner,[^;]*; reset: %s\"[^;]*reset_reason_name\(esp_reset_reason\(\)\)\);",
+                     main)
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    boot = doc[doc.index("### 0x85 BOOT"):doc.index("### 0x8F ERROR")]
+    readme = (FIRMWARE / "README.md").read_text()
+    for _, text in cases:
+        if text != "not known to this firmware":
+            assert f"`{text}`" in boot and f"`{text}`" in readme, text
+
+
+# ESP-IDF / ESP-DL names in main/: function, type and macro families the app takes from ESP-IDF and ESP-DL.
+IDF_NAME = re.compile(
+    r"(?<![.>\w])(esp_[a-z0-9_]+|heap_caps_[a-z_]+|uart_[a-z_]+|usb_serial_jtag_[a-z_]+|x[A-Z][A-Za-z]+|pd[A-Z_]+"
+    r"|port[A-Z_]+|task[A-Z_]+|ESP_[A-Z0-9_]+|SOC_[A-Z0-9_]+|MALLOC_CAP_[A-Z0-9_]+|UART_[A-Z0-9_]+"
+    r"|(?:dl|fbs)::[A-Za-z_:]+|StreamBufferHandle_t|vprintf_like_t)\b")
+
+
+def test_readme_lists_every_esp_idf_and_esp_dl_name_the_app_uses():
+    readme = (FIRMWARE / "README.md").read_text()
+    table = readme.split("## ESP-IDF and ESP-DL API used")[1].split("\nKconfig options set in")[0]
+    listed: set[str] = set()
+    prefixes: list[str] = []
+    for cell in re.findall(r"`([^`]+)`", table):
+        for word in re.findall(r"[A-Za-z_][A-Za-z0-9_:]*\*?", cell):
+            (prefixes.append(word[:-1]) if word.endswith("*") else listed.add(word))
+    missing = {}
+    for path in sources(MAIN, (".c", ".cpp", ".h")):
+        code = strip_comments_and_strings(path.read_text())
+        for name in set(IDF_NAME.findall(code)):
+            short = name.split("::")[-1]
+            if name not in listed and short not in listed and not any(name.startswith(x) for x in prefixes):
+                missing.setdefault(name, path.name)
+    assert not missing, f"firmware/README.md's API table lacks {sorted(missing.items())}"

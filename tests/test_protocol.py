@@ -255,6 +255,9 @@ EDGE_MESSAGES = [
              tuple(p.Timing(0xFFFFFFFF, i) for i in range(255)), bytes(range(12))),
     p.Output(0xFFFFFFFF, 0xFFFF, 255, 0xFFFFFFFF, p.Layout.NWC, 8, 0, 0, 0xFFFF, (), b""),
     p.Output(7, 5, 1, 9, p.Layout.NCW, 16, -1, 2, 3, (p.Timing(1, 2), p.Timing(3, 4)), bytes(range(60))),
+    p.Output(3, 0, 1, 9, p.Layout.NCW, 16, -1, 5, 3, (p.Timing(1, 2), p.Timing(3, 4)), bytes(range(12)), 3, 2),
+    p.Output(0xFFFFFFFF, 0, 255, 0xFFFFFFFF, p.Layout.NWC, 8, 0, 0xFFFF, 1, (), b"\x07", 0xFFFE, 1),
+    p.Output(0, 0, 0, 0, p.Layout.NWC, 8, 0, 0xFFFF, 1, (), bytes(60000), 5535, 60000),
     p.Credit(0), p.Credit(0xFFFF),
     *(p.Log(level, "") for level in p.LogLevel), p.Log(p.LogLevel.VERBOSE, "x" * 0xFFF0),
     p.Boot(""), p.Boot("runner\n\x00 ünïcode"),
@@ -295,11 +298,36 @@ def test_encode_rejects_values_that_do_not_fit():
         p.Output(0, 2, 0, 0, p.Layout.NWC, 8, 0, 1, 2, (), b"\x01\x02").pack()  # data of 1 window, 2 announced
     with pytest.raises(ValueError):
         p.Output(0, 0x10000, 0, 0, p.Layout.NWC, 8, 0, 0, 0, (), b"").pack()
+    with pytest.raises(ValueError):  # a part of 0 frames
+        p.Output(0, 0, 0, 0, p.Layout.NWC, 8, 0, 4, 1, (), b"", 1, 0).pack()
+    with pytest.raises(ValueError):  # a part beyond its window
+        p.Output(0, 0, 0, 0, p.Layout.NWC, 8, 0, 4, 1, (), b"\x01\x02", 3, 2).pack()
+    with pytest.raises(ValueError):  # a part's data of the wrong size
+        p.Output(0, 0, 0, 0, p.Layout.NWC, 8, 0, 4, 1, (), b"\x01", 2, 2).pack()
+    with pytest.raises(ValueError):  # part fields on whole windows
+        p.Output(0, 1, 0, 0, p.Layout.NWC, 8, 0, 1, 1, (), b"\x01", 0, 1).pack()
     with pytest.raises(ValueError):
         p.Configure(1, p.Schedule.SEQUENTIAL, 0, 0, 0x10000, ()).pack()
     with pytest.raises(ValueError):
         p.encode(p.ModelChunk(0, 0, bytes(p.MAX_PAYLOAD_LIMIT - 4)), 0)
     p.encode(p.ModelChunk(0, 0, bytes(p.MAX_PAYLOAD_LIMIT - 5)), 0)  # exactly the limit
+
+
+def test_timings_are_u64_and_never_wrap():
+    """OUTPUT timings: u64 cycles and u64 microseconds (a run may exceed 2^32 cycles, a batch sums many)."""
+    assert p.Timing._S.format == "<QQ" and p.Timing._S.size == 16
+    big = (p.Timing(2**64 - 1, 2**40 + 3), p.Timing(7_212_345_678, 18_030_864))
+    o = p.Output(0, 1, 1, 5, p.Layout.NWC, 8, 0, 1, 1, big, b"\x05")
+    assert len(o.pack()) == p.OUTPUT_HEADER_SIZE + 2 * 16 + 1
+    assert p.Output.unpack(o.pack()).timings == big
+    assert o.pack()[p.OUTPUT_HEADER_SIZE:p.OUTPUT_HEADER_SIZE + 16] == (2**64 - 1).to_bytes(8, "little") + (
+        2**40 + 3).to_bytes(8, "little")
+    with pytest.raises((ValueError, struct.error)):
+        p.Output(0, 1, 0, 0, p.Layout.NWC, 8, 0, 1, 1, (p.Timing(2**64, 0),), b"\x05").pack()
+    row = next(r for r in doc_table("### 0x82 OUTPUT") if r[3] == "timings")
+    assert row[1] == "16 × timing_count" and "u64 cycles, u64 microseconds" in row[4]
+    # the batch vector carries a sum beyond 2^32 cycles
+    assert VALID["output_batch_3_windows"]["message"]["timings"][0]["cycles"] > 2**32
 
 
 def test_configure_ack_detail_round_trip():
@@ -395,10 +423,10 @@ def test_max_windows_per_output_fills_max_payload_exactly():
         assert 0 <= n <= 0xFFFF
         if n:
             assert size(n) <= max_payload
-            assert size(n) == p.OUTPUT_HEADER_SIZE + 8 * modules + n * frames * channels * bits // 8
+            assert size(n) == p.OUTPUT_HEADER_SIZE + 16 * modules + n * frames * channels * bits // 8
         if n < 0xFFFF:
             assert size(n + 1) > max_payload
-    assert p.max_windows_per_output(4096, 1, 64, 8, 3) == 63  # W = 1, 64 int8 channels, 3 timings
+    assert p.max_windows_per_output(4096, 1, 64, 8, 3) == 62  # W = 1, 64 int8 channels, 3 timings
     assert p.max_windows_per_output(4096, 64, 64, 8, 1) == 0  # one window alone is too big: BAD_CONFIG
     assert p.max_windows_per_output(4096, 0, 64, 8, 1) == 0xFFFF
     assert p.max_windows_per_output(10, 1, 1, 8, 1) == 0
@@ -410,18 +438,20 @@ def test_batching_efficiency_claims_in_the_doc():
     """Section 1: OUTPUT efficiency at W = 1, 64 int8 channels, 3 modules, max_payload 4096 (worst-case COBS)."""
     def wire_bytes(windows):
         data = np.full((windows, 64), 1, dtype=np.int8)  # no 0x00 anywhere: the most COBS code bytes
-        timings = tuple(p.Timing(0x01010101, 0x01010101) for _ in range(3))
+        timings = tuple(p.Timing(0x0101010101010101, 0x0101010101010101) for _ in range(3))
         return len(p.encode(p.Output.from_array(0x01010101, 2, 0x01010101, data, 1, timings, windows=windows), 1))
     per_message = wire_bytes(1) - 64
-    assert per_message == 5 + 4 + p.OUTPUT_HEADER_SIZE + 3 * 8 + 2 == 54
+    assert per_message == 5 + 4 + p.OUTPUT_HEADER_SIZE + 3 * 16 + 2 == 78
     best = p.max_windows_per_output(p.DEFAULT_MAX_PAYLOAD, 1, 64, 8, 3)
-    stated = {1: (118, "54.2"), 18: (1210, "95.2"), best: (4101, "98.3")}
+    stated = {1: (142, "45.1"), 25: (1684, "95.0"), best: (4061, "97.7")}
     doc = DOC.read_text()
     for windows, (size, percent) in stated.items():
         assert wire_bytes(windows) == size
         assert f"{100 * 64 * windows / size:.1f}" == percent
         assert f"{percent} %" in doc, percent
-    assert wire_bytes(17) * 95 > 100 * 64 * 17  # 18 is the smallest batch that reaches 95 %
+        assert f"{size} wire bytes" in doc or windows != best
+    assert f"the {best} windows that fit" in doc and f"{per_message} bytes" in doc
+    assert wire_bytes(24) * 95 > 100 * 64 * 24  # 25 is the smallest batch that reaches 95 %
 
 
 def test_max_frames_and_chunk_helpers_fill_max_payload_exactly():
@@ -439,6 +469,7 @@ def test_max_frames_and_chunk_helpers_fill_max_payload_exactly():
 
 
 OUT1 = bytes(4) + bytes([1, 0]) + bytes(5)  # OUTPUT window 0, windows 1, module 0, step 0
+PART = bytes(4) + bytes([0, 0]) + bytes(5) + bytes([0, 8, 0, 3, 0, 1, 0, 0])  # a part of a 3 x 1 int8 NWC window
 
 
 def doc_table(heading: str) -> list[list[str]]:
@@ -507,6 +538,13 @@ def test_decode_body_rejects_malformed_content():
             body(0x82, bytes(4) + bytes([3, 0]) + bytes(5) + bytes([0, 8, 0, 1, 0, 2, 0, 0]) + bytes(4)),  # 4 of 6
             body(0x82, bytes(4) + bytes([2, 0]) + bytes(5) + bytes([1, 16, 0, 1, 0, 1, 0, 0]) + bytes(2)),  # 2 of 4
             body(0x82, OUT1[:-1]),  # header cut short
+            body(0x82, PART + bytes([0, 0])),  # a part cut short: no part_frames
+            body(0x82, PART + bytes([0, 0, 0, 0])),  # part_frames 0
+            body(0x82, PART + bytes([2, 0, 2, 0, 1, 2])),  # frames 2..3 of a window of 3
+            body(0x82, PART + bytes([0xFF, 0xFF, 1, 0, 1])),  # part_first_frame 65535 of a window of 3
+            body(0x82, PART + bytes([1, 0, 2, 0, 1])),  # frames 1..2, 1 data byte of 2
+            body(0x82, PART + bytes([1, 0, 1, 0, 1, 2])),  # frame 1, 2 data bytes of 1
+            body(0x82, PART[:-1] + bytes([1]) + bytes([0, 0, 1, 0, 1])),  # 1 timing announced, a part's 4 bytes sent
             body(0x84, bytes([0, 0, 0])),  # log level 0
             body(0x84, bytes([6, 0, 0])),  # log level 6
             body(0x84, bytes([3, 5, 0, 0x61])),  # string longer than the payload
@@ -705,3 +743,169 @@ def test_protocol_error_is_a_harness_error():
 def test_model_sha_in_vector_matches_its_name():
     v = VALID["model_begin"]["message"]
     assert v["sha256"] == hashlib.sha256(b"example model").hexdigest()
+
+
+# --------------------------------------------------------------------------- OUTPUT parts (section 7.7)
+
+PARTS = [VALID[f"output_part_{i}_of_3"] for i in (1, 2, 3)]
+
+
+def test_part_vectors_pin_the_layout_of_a_part():
+    parts = [from_json(v["message"]) for v in PARTS]
+    assert [(o.windows, o.part_first_frame, o.part_frames) for o in parts] == [(0, 0, 2), (0, 2, 2), (0, 4, 1)]
+    assert all(o.is_part and o.frames == 5 and o.layout == p.Layout.NCW for o in parts)
+    # NCW: per channel, its values of the part's frames; array() gives the part's frames in NWC
+    assert bytes.fromhex(PARTS[0]["message"]["data"]) == bytes([1, 4, 0xFE, 0xFB, 3, 6])
+    assert parts[0].array().tolist() == [[1, -2, 3], [4, -5, 6]]
+    assert parts[2].array().tolist() == [[-128, 127, 0]]
+    nwc = [[1, -2, 3], [4, -5, 6], [7, -8, 9], [10, -11, 12], [-128, 127, 0]]
+    [whole] = p.join_parts(parts)
+    assert (whole.window, whole.windows, whole.module, whole.step, whole.timings) == (2, 1, 1, 15, parts[0].timings)
+    assert whole.array().tolist() == nwc and not whole.is_part
+    # what a device with room for two frames per part sends for that window
+    assert p.split_output(whole, 62) == parts
+    assert p.part_ranges(62, 5, 3, 8, 2) == [(0, 2), (2, 2), (4, 1)] and p.max_frames_per_part(62, 3, 8, 2) == 2
+    # runs at step 15: round-robin, W = 5, N = 2, module 1 of window 2
+    runs = plan_schedule(2, 5, p.Schedule.ROUND_ROBIN, 15, flush=True).runs
+    assert next(r.step for r in runs if (r.window, r.module) == (2, 1)) == whole.step
+    last16 = from_json(VALID["output_part_nwc_int16"]["message"])
+    assert (last16.part_first_frame, last16.part_frames, last16.bits) == (38, 2, 16)
+    assert last16.array().tolist() == [[1000, -1000], [32767, -32768]]
+
+
+def _joined_items(outputs):
+    """What the host's receiver yields for ``outputs``: whole OUTPUTs, or the OutputPartError."""
+    assembler = p.PartAssembler("dev")
+    items = []
+    try:
+        for out in outputs:
+            whole = assembler.add(out)
+            if whole is not None:
+                items.append(whole)
+        assembler.finish()
+    except p.OutputPartError as e:
+        items.append(e)
+    return items
+
+
+@pytest.mark.parametrize("case", VECTORS["part_sequences"], ids=lambda c: c["name"])
+def test_part_sequences_join_or_fail_as_listed(case):
+    items = _joined_items([from_json(VALID[name]["message"]) for name in case["outputs"]])
+    got = []
+    for item in items:
+        if isinstance(item, p.OutputPartError):
+            got.append({"error": item.reason, "module": item.module, "window": item.window,
+                        "frames": list(item.frames)})
+            assert isinstance(item, p.ProtocolError)
+            text = str(item)
+            assert f"module {item.module}, window {item.window}" in text
+            assert f"frames {item.frames[0]}..{item.frames[1]}" in text
+        else:
+            whole = [n for n in case["outputs"] if not n.startswith("output_part_")
+                     and from_json(VALID[n]["message"]) == item]  # passed through untouched
+            got.append({"vector": whole[0]} if whole else {"joined": to_json(item)})
+    assert got == case["expected"]
+
+
+def test_doc_lists_the_part_sequences():
+    text = DOC.read_text()
+    table = text[text.index("| case | OUTPUTs received (vectors) |"):]
+    rows = [r for r in table.splitlines()[2:] if r.startswith("|")][:len(VECTORS["part_sequences"])]
+    assert len(rows) == len(VECTORS["part_sequences"])
+    for row, case in zip(rows, VECTORS["part_sequences"]):
+        assert row.startswith(f"| `{case['name']}` |")
+        for item in case["expected"]:
+            if "error" in item:
+                assert f"error `{item['error']}`, frames {item['frames'][0]}..{item['frames'][1]}" in row
+
+
+@pytest.mark.parametrize("max_payload", [256, 300, 4096, 5000, 65535])
+def test_part_sizes_fill_max_payload_exactly(max_payload):
+    for frames, channels, bits, modules in ((72, 64, 16, 3), (36, 64, 16, 1), (1200, 8, 8, 3), (5, 100, 16, 8),
+                                            (4097, 1, 8, 1), (3, 2000, 16, 2), (1, 5000, 8, 1), (700, 6, 8, 3)):
+        fit = p.max_windows_per_output(max_payload, frames, channels, bits, modules)
+        per_part = p.max_frames_per_part(max_payload, channels, bits, modules)
+        if fit == 0 and per_part == 0:
+            with pytest.raises(ValueError):
+                p.part_ranges(max_payload, frames, channels, bits, modules)
+            continue
+        ranges = p.part_ranges(max_payload, frames, channels, bits, modules)
+        assert (ranges == []) == (fit > 0)  # parts exactly when not even one window fits
+        if not ranges:
+            continue
+        assert [first for first, _ in ranges] == list(range(0, frames, per_part))
+        assert sum(n for _, n in ranges) == frames and all(n == per_part for _, n in ranges[:-1])
+        assert len(ranges) == -(-frames // per_part)
+        window = np.ones((frames, channels), dtype=np.int8 if bits == 8 else np.int16)
+        timings = tuple(p.Timing(0, 0) for _ in range(modules))
+        whole = p.Output.from_array(0, modules - 1, 0, window, 0, timings)
+        parts = p.split_output(whole, max_payload)
+        assert [(o.part_first_frame, o.part_frames) for o in parts] == ranges
+        sizes = [len(o.pack()) for o in parts]
+        assert max(sizes) <= max_payload
+        assert sizes[0] == p.OUTPUT_HEADER_SIZE + 16 * modules + p.OUTPUT_PART_SIZE + per_part * channels * bits // 8
+        one_more = p.OUTPUT_HEADER_SIZE + 16 * modules + p.OUTPUT_PART_SIZE + (per_part + 1) * channels * bits // 8
+        assert one_more > max_payload  # a part holds as many frames as fit
+    assert p.max_frames_per_part(4096, 64, 16, 3) == 31 and p.part_ranges(4096, 72, 64, 16, 3) == [
+        (0, 31), (31, 31), (62, 10)]  # the example of section 7.7
+    assert "P = ⌊(4096 − 19 − 48 − 4) / 128⌋ = 31" in DOC.read_text()
+    assert p.max_frames_per_part(100, 64, 16, 3) == 0
+
+
+def test_split_and_join_round_trip_every_shape_and_layout():
+    rng = np.random.default_rng(7)
+    for dtype in (np.int8, np.int16):
+        info = np.iinfo(dtype)
+        for frames, channels, modules in ((600, 8, 3), (130, 17, 1), (64, 64, 2), (1000, 3, 8)):
+            a = rng.integers(info.min, info.max, size=(frames, channels), endpoint=True).astype(dtype)
+            timings = tuple(p.Timing(k, 10 * k) for k in range(modules))
+            for layout in p.Layout:
+                whole = p.Output.from_array(9, modules - 1, 77, a, -4, timings, layout)
+                parts = p.split_output(whole, 512)
+                assert len(parts) >= 2 and all(o.is_part for o in parts)
+                decoded = [packet.message for packet in p.FrameDecoder(512).feed(
+                    b"".join(p.encode(o, i) for i, o in enumerate(parts)))]
+                assert decoded == parts
+                assert np.array_equal(np.concatenate([o.array() for o in decoded]), a)
+                assert p.join_parts(decoded) == [whole]
+                assert all(o.timings == timings and o.step == 77 for o in decoded)  # every part: the same
+    small = p.Output.from_array(0, 0, 0, np.zeros((2, 2), dtype=np.int8), 0, (p.Timing(0, 0),))
+    assert p.split_output(small, 256) == [small] and p.join_parts([small]) == [small]
+
+
+def test_part_assembler_errors_name_module_window_and_frames():
+    a = np.arange(40 * 3, dtype=np.int16).reshape(40, 3)
+    whole = p.Output.from_array(4, 2, 50, a, -8, (p.Timing(1, 1), p.Timing(2, 2), p.Timing(3, 3)), p.Layout.NCW)
+    parts = p.split_output(whole, 256)  # (256 - 19 - 48 - 4) // 6 = 30: frames 0..29 and 30..39
+    assert [(o.part_first_frame, o.part_frames) for o in parts] == [(0, 30), (30, 10)]
+    other = p.Output.from_array(4, 1, 49, a[:, :2], -8, (p.Timing(1, 1), p.Timing(2, 2)))
+
+    def fails(outputs, reason, frames, *words):
+        with pytest.raises(p.OutputPartError) as e:
+            p.join_parts(outputs, "virtual esp32p4 board")
+        assert (e.value.reason, e.value.module, e.value.window, e.value.frames) == (reason, 2, 4, frames)
+        text = str(e.value)
+        assert text.startswith("virtual esp32p4 board sent the OUTPUT parts of module 2, window 4")
+        assert all(w in text for w in words), text
+        assert "\n" not in text
+
+    fails(parts[1:], "missing", (0, 29), "frames 0..29 are missing")
+    fails(parts[:1], "incomplete", (30, 39), "frames 30..39 of 40 are missing", "the stream ended")
+    fails([parts[0], other, parts[1]], "incomplete", (30, 39), "an OUTPUT of module 1, window 4 came next")
+    fails([parts[0], *p.split_output(dataclasses.replace(whole, window=5), 256)], "incomplete", (30, 39),
+          "a part of module 2, window 5 came next")
+    fails([parts[0], parts[0]], "overlap", (0, 29), "repeats frames 0..29")
+    shifted = dataclasses.replace(parts[1], part_first_frame=25, part_frames=15, data=bytes(15 * 3 * 2))
+    fails([parts[0], shifted], "overlap", (25, 29))
+    fails([parts[0], dataclasses.replace(parts[1], step=51)], "mismatch", (30, 39), "differs", "step")
+    fails([parts[0], dataclasses.replace(parts[1], timings=whole.timings[:2] + (p.Timing(3, 4),))], "mismatch",
+          (30, 39), "timings")
+    fails([parts[0], dataclasses.replace(parts[1], exponent=-7)], "mismatch", (30, 39), "exponent")
+    # the assembler starts clean after an error, and whole OUTPUTs pass through untouched
+    assembler = p.PartAssembler()
+    with pytest.raises(p.OutputPartError):
+        assembler.add(parts[1])
+    assert assembler.pending is None
+    assert assembler.add(other) is other and assembler.add(parts[0]) is None and assembler.pending == parts[0]
+    assert assembler.add(parts[1]) == whole and assembler.pending is None
+    assembler.finish()

@@ -3,7 +3,7 @@
 Every runner implementation is held to the same behaviour here: framing and
 CRC rejection, resynchronisation after garbage, version negotiation, request
 errors, credits, the schedule (steps of every module run), backlog, batching,
-reset and disconnects. Values are checked elsewhere (the device cases compare
+OUTPUT parts of windows too large for one message, reset and disconnects. Values are checked elsewhere (the device cases compare
 them with the offline reference); here only protocol behaviour counts.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,7 +21,8 @@ import pytest
 import serial
 
 from harness import protocol as p
-from harness.dut import DeviceError, DeviceLink
+from harness.dut import DeviceError, DeviceLink, run_sequences
+from harness.frames import Frames
 from harness.scheduler import plan_schedule
 
 TARGET = "esp32p4"
@@ -36,6 +38,10 @@ class Runner:
     kill: Callable[[], None]
     modules: Callable[[int], list[tuple[str, bytes, p.ModuleConfig]]]  # per window: (name, blob, config)
     channels: int
+    # (window, modules) of a pipeline whose every module's window needs >= 3 OUTPUT parts at max_payload 4096,
+    # the last module's output in the given layout; None: the runner's models have no such output
+    large: Callable[[p.Layout], tuple[int, list[tuple[str, bytes, p.ModuleConfig]]] | None]
+    command: list[str] | None  # the device process (None: the virtual board), for a twin with another max_payload
 
     def reboot(self) -> p.Info:
         self.press_reset()
@@ -43,17 +49,22 @@ class Runner:
         return self.link.hello()
 
     def load(self, window: int, schedule=p.Schedule.ROUND_ROBIN, flags=p.CONFIGURE_FLAG_ALL_OUTPUTS,
-             queue_depth: int = 0, output_batch: int = 1) -> int:
-        modules = self.modules(window)
-        for slot, (name, blob, _) in enumerate(modules):
-            self.link.upload(slot, name, blob)
-        configs = tuple(dataclasses.replace(c, slot=slot) for slot, (_, _, c) in enumerate(modules))
-        self.link.configure(p.Configure(window=window, schedule=schedule, flags=flags, queue_depth=queue_depth,
-                                        output_batch=output_batch, modules=configs))
-        return len(modules)
+             queue_depth: int = 0, output_batch: int = 1, modules=None) -> int:
+        return load_into(self.link, window, modules or self.modules(window), schedule, flags, queue_depth,
+                         output_batch)
 
     def frames(self, count: int, seed: int = 0) -> np.ndarray:
         return np.random.default_rng(seed).integers(-128, 128, (count, self.channels), dtype=np.int8)
+
+
+def load_into(link: DeviceLink, window: int, modules, schedule=p.Schedule.ROUND_ROBIN,
+              flags=p.CONFIGURE_FLAG_ALL_OUTPUTS, queue_depth: int = 0, output_batch: int = 1) -> int:
+    for slot, (name, blob, _) in enumerate(modules):
+        link.upload(slot, name, blob)
+    configs = tuple(dataclasses.replace(c, slot=slot) for slot, (_, _, c) in enumerate(modules))
+    link.configure(p.Configure(window=window, schedule=schedule, flags=flags, queue_depth=queue_depth,
+                               output_batch=output_batch, modules=configs))
+    return len(modules)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +74,24 @@ def virtual_runner_parts(tmp_path_factory, tiny, quantizer):
     qm = tiny("tiny_auto", TARGET)
     board = VirtualBoard(TARGET, tmp_path_factory.mktemp("vb") / "board.log").start()
 
-    def modules(window: int):
+    def blobs(exports):
         return [
             (e.path.name, e.path.read_bytes(),
              p.ModuleConfig(0, p.Layout[e.layouts["input"]], p.Layout[e.layouts["output"]], e.input, e.output, "", ""))
-            for e in quantizer.streaming_exports(qm, window)
+            for e in exports
         ]
 
-    yield board, modules, qm.spec.channels
+    def modules(window: int):
+        return blobs(quantizer.streaming_exports(qm, window))
+
+    def large(layout: p.Layout):
+        # the offline (cache-free) exports run any window: 1200 frames x 8 int8 channels = 9600 bytes per module,
+        # 3 parts of at most 507 frames each; esp-ppq exports these models' outputs in NWC only
+        window = 1200
+        modules = blobs(quantizer.offline_exports(qm, window))
+        return (window, modules) if modules[-1][2].output_layout == layout else None
+
+    yield board, modules, qm.spec.channels, large, None
     board.stop()
 
 
@@ -81,9 +102,17 @@ def host_runner_parts(tmp_path_factory):
     from tests.test_firmware_core import CHANNELS, hcm1_pipeline, host_build_dir
 
     runner_host = host_build_dir(tmp_path_factory) / "runner_host"
-    board = VirtualBoard(TARGET, tmp_path_factory.mktemp("host-core") / "runner.log",
-                         command=[str(runner_host), "--target", TARGET]).start()
-    yield board, hcm1_pipeline, CHANNELS
+    command = [str(runner_host), "--target", TARGET]
+    board = VirtualBoard(TARGET, tmp_path_factory.mktemp("host-core") / "runner.log", command=command).start()
+
+    def large(layout: p.Layout):
+        # 1400 frames: module 0 (8 x int8) in 3 parts, module 1 (8 x int16) in 6, module 2 (6 x int8) in 3
+        window = 1400
+        modules = hcm1_pipeline(window)
+        name, blob, config = modules[-1]
+        return window, modules[:-1] + [(name, blob, dataclasses.replace(config, output_layout=layout))]
+
+    yield board, hcm1_pipeline, CHANNELS, large, command
     board.stop()
 
 
@@ -94,12 +123,12 @@ RUNNERS = {"virtual": ("virtual_runner_parts", f"virtual {TARGET} board"),
 @pytest.fixture(params=list(RUNNERS))
 def runner(request):
     parts, device = RUNNERS[request.param]
-    board, modules, channels = request.getfixturevalue(parts)
+    board, modules, channels, large, command = request.getfixturevalue(parts)
     if board.exit_reason():  # a test killed it: power it up again
         board.start()
     port = serial.serial_for_url(board.port, baudrate=921600, timeout=0.05)
     link = DeviceLink(port, device, liveness=board.exit_reason)
-    r = Runner(request.param, link, board.reset, board.kill, modules, channels)
+    r = Runner(request.param, link, board.reset, board.kill, modules, channels, large, command)
     r.reboot()
     yield r
     port.close()
@@ -255,7 +284,194 @@ def test_device_death_mid_stream_is_a_clear_error_in_bounded_time(runner):
     def die(out: p.Output) -> None:
         runner.kill()
 
-    with pytest.raises(p.ProtocolError, match="disconnected.*exited with code") as info:
+    with pytest.raises(p.ProtocolError, match="died: .* process was killed by SIGKILL") as info:
         runner.link.stream(runner.frames(60), die)
     assert time.monotonic() - started < 15  # a bound on the failure, not a speed goal: it must not hang
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "cable" not in str(info.value)  # a process died, not a wire
+
+
+# --------------------------------------------------------------------------- OUTPUT parts (protocol.md 7.7)
+
+WIDE_PAYLOAD = 65535  # a twin device whose every window fits one OUTPUT: what the parts must add up to
+
+
+@contextmanager
+def twin_device(runner: Runner, tmp_path, max_payload: int = WIDE_PAYLOAD):
+    """The same kind of device as ``runner``, in its own process, announcing ``max_payload``: a DeviceLink."""
+    from harness.virtual_board import VirtualBoard
+
+    board = VirtualBoard(TARGET, tmp_path / f"twin-{max_payload}.log", command=runner.command,
+                         max_payload=max_payload).start()
+    port = serial.serial_for_url(board.port, baudrate=921600, timeout=0.05)
+    link = DeviceLink(port, f"{runner.name} twin", liveness=board.exit_reason)
+    try:
+        board.reset()
+        link.wait_boot()
+        assert link.hello().max_payload == max_payload
+        yield link
+    finally:
+        port.close()
+        board.stop()
+
+
+def _without_wall_time(outputs: list[p.Output]) -> list:
+    """What two devices must agree on: everything but the measured microseconds."""
+    return [(o.window, o.windows, o.module, o.step, o.layout, o.bits, o.exponent, o.frames, o.channels,
+             [t.cycles for t in o.timings], o.data) for o in outputs]
+
+
+@pytest.mark.parametrize("layout", list(p.Layout), ids=lambda layout: f"last-module-{layout.name}")
+@pytest.mark.parametrize("all_modules", [True, False], ids=["all-modules", "last-module-only"])
+def test_a_window_too_large_for_one_output_arrives_in_parts(runner, all_modules, layout, tmp_path):
+    large = runner.large(layout)
+    if large is None:
+        pytest.skip(f"the {runner.name} suite's models give no {layout.name} output")
+    window, modules = large
+    flags = p.CONFIGURE_FLAG_ALL_OUTPUTS if all_modules else 0
+    assert runner.link.max_payload == p.DEFAULT_MAX_PAYLOAD == 4096
+    n = runner.load(window, flags=flags, output_batch=0, modules=modules)  # output_batch 0 = 1: served in parts
+    frames = runner.frames(2 * window, seed=11)  # two windows
+    outputs = stream_collect(runner, frames)
+    acks = runner.link.configure(p.Configure(window, p.Schedule.ROUND_ROBIN, flags, 0, 1, tuple(
+        dataclasses.replace(c, slot=slot) for slot, (_, _, c) in enumerate(modules))))
+
+    reported = list(range(n)) if all_modules else [n - 1]
+    assert {o.module for o in outputs} == set(reported)
+    assert all(o.is_part for o in outputs)  # each of these windows is too large for one OUTPUT
+    for k in reported:
+        bits = 16 if k == 1 and runner.name == "host-core" else 8  # the HCM1 pipeline's module 1 gives int16
+        ranges = p.part_ranges(p.DEFAULT_MAX_PAYLOAD, window, acks[k].output_channels, bits, k + 1)
+        assert len(ranges) >= 3
+        for j in (0, 1):
+            mine = [o for o in outputs if (o.module, o.window) == (k, j)]
+            assert [(o.part_first_frame, o.part_frames) for o in mine] == ranges, (k, j)  # the required split
+            assert {(o.step, o.timings, o.bits) for o in mine} == {(mine[0].step, mine[0].timings, bits)}
+    assert max(len(o.pack()) for o in outputs) <= p.DEFAULT_MAX_PAYLOAD
+    if not all_modules:
+        assert {o.layout for o in outputs} == {layout}
+    joined = p.join_parts(outputs, runner.link.name)  # in frame order, one window after the other
+    plan = plan_schedule(n, window, p.Schedule.ROUND_ROBIN, 2 * window, flush=True)
+    assert sorted((o.window, o.module, o.step) for o in joined) == sorted(
+        (r.window, r.module, r.step) for r in plan.runs if r.module in reported)
+
+    # the same stream from a device whose max_payload takes every window whole
+    with twin_device(runner, tmp_path) as wide:
+        load_into(wide, window, modules, flags=flags, output_batch=1)
+        whole: list[p.Output] = []
+        wide.stream(frames, whole.append)
+        assert whole and not any(o.is_part for o in whole)
+        assert _without_wall_time(joined) == _without_wall_time(whole)
+
+    # the host's run_sequences joins the parts into the same tensors
+    runner.link.hello()
+    runner.load(window, flags=flags, output_batch=1, modules=modules)
+    result = run_sequences(runner.link, Frames(frames[None], 0, TARGET, None, "test"), window, n, all_modules)
+    for k, tensor in zip(reported, result.outputs):
+        expected = np.concatenate([o.array() for o in sorted(whole, key=lambda o: o.window) if o.module == k])
+        assert np.array_equal(tensor.data[0], expected), k
+    if runner.name == "host-core":  # deterministic cycles: each window's timings counted once, not once per part
+        assert result.cycles == [w.timings[k].cycles for w in whole[-1:] for k in range(n)]
+
+
+def test_only_a_batch_of_windows_too_large_for_one_output_is_refused(runner):
+    window, modules = runner.large(p.Layout.NWC)
+    with pytest.raises(DeviceError, match=r"BAD_CONFIG.*module 0: 2 windows of \d+ x \d+ do not fit one OUTPUT of 4096"):
+        runner.load(window, output_batch=2, modules=modules)
+    runner.link.hello()
+    runner.load(window, output_batch=1, modules=modules)  # one window: served in parts
+    runner.load(window, flags=0, output_batch=1, modules=modules)
+
+
+# --------------------------------------------------------------------------- the host joining parts
+
+class ScriptedDevice:
+    """A pyserial-like port with a scripted runner behind it: INFO for HELLO, ACK for RESET/CONFIGURE/FLUSH,
+    CREDIT for FRAMES, and after each sequence's first FRAMES the OUTPUT frames of ``outputs`` (one list per
+    sequence): a device that breaks the part rules in exactly the way a test asks."""
+
+    def __init__(self, outputs: list[list[p.Output]]):
+        self.timeout = 0.05
+        self.outputs = list(outputs)
+        self._decoder = p.FrameDecoder()
+        self._rx = bytearray()
+        self._seq = 0
+        self._pending: list[p.Output] = []
+
+    def _send(self, message) -> None:
+        self._rx += p.encode(message, self._seq)
+        self._seq = (self._seq + 1) & 0xFFFF
+
+    def write(self, data: bytes) -> int:
+        for packet in self._decoder.feed(data):
+            m = packet.message
+            if isinstance(m, p.Hello):
+                self._seq = 0
+                self._send(p.Info(1, 4096, 256, 0, 0, TARGET, "scripted", "-", "-", "scripted"))
+            elif isinstance(m, p.Frames):
+                for out in self._pending:
+                    self._send(out)
+                self._pending = []
+                self._send(p.Credit(m.count))
+            else:
+                if isinstance(m, p.Reset):
+                    self._pending = self.outputs.pop(0)
+                self._send(p.Ack(m.TYPE, packet.seq))
+        return len(data)
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self._rx)
+
+    def read(self, n: int = 1) -> bytes:
+        out = bytes(self._rx[:n])
+        del self._rx[:n]
+        return out
+
+
+def _scripted_window(j: int) -> p.Output:
+    values = (np.arange(10 * 3, dtype=np.int16).reshape(10, 3) + 100 * j) * (-1) ** j
+    return p.Output.from_array(j, 0, 10 * j + 9, values.astype(np.int16), -7, (p.Timing(1000 + j, 50 + j),),
+                               p.Layout.NCW)
+
+
+def _scripted_parts(j: int) -> list[p.Output]:
+    whole = _scripted_window(j)
+    return [whole.part(0, 4), whole.part(4, 4), whole.part(8, 2)]
+
+
+def _run_scripted(outputs: list[list[p.Output]]):
+    link = DeviceLink(ScriptedDevice(outputs), "scripted board")
+    link.hello()
+    frames = Frames(np.zeros((len(outputs), 20, 3), dtype=np.int16), 0, TARGET, None, "test")
+    return run_sequences(link, frames, 10, 1, all_modules=False)
+
+
+def test_host_joins_parts_into_windows_and_counts_their_timings_once():
+    ok = [_scripted_parts(0) + _scripted_parts(1), [_scripted_window(0), *_scripted_parts(1)]]
+    result = _run_scripted(ok)
+    expected = np.concatenate([_scripted_window(0).array(), _scripted_window(1).array()])
+    assert np.array_equal(result.outputs[0].data[0], expected)
+    assert np.array_equal(result.outputs[0].data[1], expected)  # whole and parted windows mix
+    assert result.outputs[0].exponent == -7
+    assert result.latency_us == [50.5] and result.cycles == [1000.5]  # once per window, not once per part
+    assert result.output_steps == [[9, 19], [9, 19]]
+
+
+@pytest.mark.parametrize("outputs, match", [
+    ([_scripted_parts(0)[0], _scripted_parts(0)[2], *_scripted_parts(1)],
+     r"module 0, window 0 out of order: frames 4\.\.7 are missing"),
+    ([_scripted_parts(0)[1], _scripted_parts(0)[0], _scripted_parts(0)[2], *_scripted_parts(1)],
+     r"module 0, window 0 out of order: frames 0\.\.3 are missing"),
+    ([*_scripted_parts(0)[:2], _scripted_parts(0)[1], _scripted_parts(0)[2], *_scripted_parts(1)],
+     r"module 0, window 0 overlapping: the part of frames 4\.\.7 repeats frames 4\.\.7"),
+    ([_scripted_parts(0)[0], _scripted_parts(1)[0], *_scripted_parts(0)[1:], *_scripted_parts(1)[1:]],
+     r"module 0, window 0 incomplete: frames 4\.\.9 of 10 are missing \(a part of module 0, window 1 came next\)"),
+    ([*_scripted_parts(0), *_scripted_parts(1)[:2]],
+     r"module 0, window 1 incomplete: frames 8\.\.9 of 10 are missing \(the stream ended\)"),
+    ([*_scripted_parts(0)[:2], dataclasses.replace(_scripted_parts(0)[2], step=8), *_scripted_parts(1)],
+     r"module 0, window 0 inconsistently: the part of frames 8\.\.9 differs from the first part in step"),
+], ids=["gap", "out-of-order", "repeated", "interleaved", "unfinished", "mismatch"])
+def test_host_refuses_parts_that_do_not_make_a_window(outputs, match):
+    with pytest.raises(p.ProtocolError, match=r"^scripted board sent the OUTPUT parts of " + match) as e:
+        _run_scripted([outputs])
+    assert isinstance(e.value, p.OutputPartError) and "\n" not in str(e.value)

@@ -11,6 +11,9 @@
  *   sha256 <hex>        {"sha256": hex}
  *   cobs <hex>          {"cobs": hex}
  *   uncobs <hex>        {"body": hex} or {"error": "cobs"}
+ *   cycles <c32> <us> <mhz>            {"cycles": rc_cycles_widen(c32, us, mhz)}
+ *   espdl <hex>                        rc_espdl_need() of the file: its fields, or {"code", "text"}
+ *   memcheck <need> <block> <free> <largest>   rc_memory_check(): {"code", "text"}
  * Messages print as tests/test_protocol.py's to_json does: field names of harness/protocol.py, bytes as hex,
  * enums as integers, the type as its name.
  */
@@ -19,7 +22,9 @@
 #include <string.h>
 
 #include "rc_codec.h"
+#include "rc_espdl.h"
 #include "rc_sha256.h"
+#include "runner_core.h"
 
 #define BODY_MAX (RC_MIN_BODY_SIZE + RC_MAX_PAYLOAD_LIMIT)
 
@@ -100,8 +105,8 @@ static void put_timings(const rc_output_t *m)
     putchar('[');
     for (i = 0; i < n; i++) {
         rc_timing_t t = rc_timing_get(m, i);
-        printf("%s{\"cycles\": %lu, \"microseconds\": %lu}", i ? ", " : "", (unsigned long)t.cycles,
-               (unsigned long)t.microseconds);
+        printf("%s{\"cycles\": %llu, \"microseconds\": %llu}", i ? ", " : "", (unsigned long long)t.cycles,
+               (unsigned long long)t.microseconds);
     }
     putchar(']');
 }
@@ -138,6 +143,8 @@ static void put_output(const rc_output_t *m)
     put_uint("frames", m->frames);
     put_uint("channels", m->channels);
     put_timings(m);
+    put_uint("part_first_frame", m->part_first_frame);
+    put_uint("part_frames", m->part_frames);
     key("data");
     put_hex(m->data.ptr, m->data.len);
 }
@@ -349,6 +356,68 @@ static void cmd_digest(const char *name, const uint8_t *data, size_t len)
     }
 }
 
+static void put_text(const char *text)
+{
+    rc_bytes_t s;
+    s.ptr = (const uint8_t *)text;
+    s.len = strlen(text);
+    put_str(s);
+}
+
+static void cmd_espdl(const uint8_t *data, size_t len)
+{
+    rc_espdl_need_t need;
+    char err[256] = "";
+    rc_error_t code = rc_espdl_need(data, len, &need, err, sizeof err);
+    if (code != RC_OK) {
+        printf("{\"code\": %d, \"text\": ", (int)code);
+        put_text(err);
+        putchar('}');
+        return;
+    }
+    printf("{\"version\": %u, \"flatbuffer_bytes\": %lu, \"nodes\": %lu, \"tensors\": %lu, \"unsized\": %lu, "
+           "\"tensor_bytes\": %llu, \"largest_tensor\": %llu, \"state_bytes\": %llu, \"object_bytes\": %llu, "
+           "\"need_bytes\": %llu, \"block_bytes\": %llu, \"description\": ",
+           need.version, (unsigned long)need.flatbuffer_bytes, (unsigned long)need.nodes, (unsigned long)need.tensors,
+           (unsigned long)need.unsized, (unsigned long long)need.tensor_bytes,
+           (unsigned long long)need.largest_tensor, (unsigned long long)need.state_bytes,
+           (unsigned long long)need.object_bytes, (unsigned long long)need.need_bytes,
+           (unsigned long long)need.block_bytes);
+    rc_espdl_describe(&need, err, sizeof err);
+    put_text(err);
+    putchar('}');
+}
+
+/* Numeric commands: 1 when `line` was one of them (and answered). */
+static int numeric_command(const char *line, char *arg)
+{
+    unsigned long long v[4] = {0, 0, 0, 0};
+    char *end = arg;
+    int i, count = strcmp(line, "cycles") == 0 ? 3 : strcmp(line, "memcheck") == 0 ? 4 : 0;
+    if (count == 0) {
+        return 0;
+    }
+    for (i = 0; i < count; i++) {
+        v[i] = strtoull(end, &end, 10);
+    }
+    if (strcmp(line, "cycles") == 0) {
+        printf("{\"cycles\": %llu}",
+               (unsigned long long)rc_cycles_widen((uint32_t)v[0], (uint64_t)v[1], (uint32_t)v[2]));
+    } else {
+        rc_espdl_need_t need;
+        char err[256] = "";
+        rc_error_t code;
+        memset(&need, 0, sizeof need);
+        need.need_bytes = v[0];
+        need.block_bytes = v[1];
+        code = rc_memory_check(&need, v[2], v[3], err, sizeof err);
+        printf("{\"code\": %d, \"text\": ", (int)code);
+        put_text(err);
+        putchar('}');
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------------------------------- input */
 
 static int hex_digit(char c)
@@ -417,6 +486,9 @@ static void run_command(char *line, size_t *max_payload)
         printf("{\"max_payload\": %lu}", (unsigned long)*max_payload);
         return;
     }
+    if (numeric_command(line, arg)) {
+        return;
+    }
     n = unhex(arg);
     if (n < 0) {
         printf("{\"fatal\": \"not hex\"}");
@@ -428,6 +500,8 @@ static void run_command(char *line, size_t *max_payload)
         cmd_uncobs((uint8_t *)arg, (size_t)n);
     } else if (strcmp(line, "crc") == 0 || strcmp(line, "sha256") == 0 || strcmp(line, "cobs") == 0) {
         cmd_digest(line, (const uint8_t *)arg, (size_t)n);
+    } else if (strcmp(line, "espdl") == 0) {
+        cmd_espdl((const uint8_t *)arg, (size_t)n);
     } else {
         printf("{\"fatal\": \"unknown command\"}");
     }

@@ -1,9 +1,10 @@
 /*
  * runner_host: the streaming runner's portable core on the host, behind a pseudo-terminal, with the
  * deterministic HCM1 backend. Same process contract as the virtual board (harness/virtual_board.py):
- *   runner_host --target esp32p4|esp32s3
- * prints "PTY <path>" on stdout, then serves the pty; control lines on stdin: "reset" (the EN pin: models,
- * configuration and state dropped, 0x00 + BOOT sent), "flash <build id>" (report that build ID, then reset),
+ *   runner_host --target esp32p4|esp32s3 [--max-payload N]
+ * (N: INFO max_payload, 256..65535, default 4096) prints "PTY <path>" on stdout, then serves the pty; control lines on stdin: "reset [reason]" (the EN pin:
+ * models, configuration and state dropped, 0x00 + BOOT sent, whose banner ends "; reset: <reason>", power-on
+ * unless given, as a board's names esp_reset_reason()), "flash <build id>" (report that build ID, then reset),
  * "quit" or end of input (power off). One thread: poll() on stdin and the pty master.
  */
 #define _XOPEN_SOURCE 700 /* posix_openpt, grantpt, unlockpt, ptsname */
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "host_backend.h"
+#include "rc_espdl.h"
 #include "runner_core.h"
 
 #ifndef RC_HOST_BUILD_ID
@@ -27,7 +29,7 @@
 #define PSRAM_BYTES (32u << 20) /* what alloc() hands out, as a board's PSRAM would */
 #define INTERNAL_BYTES (512u << 10)
 #define CREDITS 256
-#define MAX_PAYLOAD 4096
+#define MAX_PAYLOAD 4096 /* INFO max_payload unless --max-payload says otherwise */
 #define CONTROL_LINE_MAX 256
 
 typedef struct {
@@ -36,7 +38,7 @@ typedef struct {
     uint8_t *tx;      /* bytes written by the core, not yet taken by the pty */
     size_t tx_len, tx_cap, tx_sent;
     char build_id[CONTROL_LINE_MAX];
-    char banner[96];
+    const char *target;
 } host_t;
 
 /* ------------------------------------------------------------------------------------ platform */
@@ -105,10 +107,32 @@ static void host_write(void *ctx, const uint8_t *data, size_t len)
     h->tx_len += len;
 }
 
+/* An .espdl goes through what the ESP-IDF backend does before ESP-DL sees it (espdl_backend.cpp): the
+ * container and FlatBuffer checks and the memory decision, against this process's PSRAM budget (one free
+ * block). Without ESP-DL a model that passes is then refused with MODEL_LOAD_FAILED. */
+static rc_error_t espdl_load(host_t *h, const uint8_t *data, uint32_t size, char *err, size_t errlen)
+{
+    const uint64_t free_bytes = PSRAM_BYTES - h->allocated;
+    rc_espdl_need_t need;
+    rc_error_t code = rc_espdl_need(data, size, &need, err, errlen);
+    if (code == RC_OK) {
+        code = rc_memory_check(&need, free_bytes, free_bytes, err, errlen);
+    }
+    if (code == RC_OK) {
+        (void)snprintf(err, errlen, "fits (needs %llu bytes of %llu free), but the host build runs HCM1 models only",
+                       (unsigned long long)need.need_bytes, (unsigned long long)free_bytes);
+        code = RC_ERR_MODEL_LOAD_FAILED;
+    }
+    return code;
+}
+
 /* The rc_backend_t operations get the platform's context: hand them to the HCM1 backend. */
 static rc_error_t be_load(void *ctx, uint8_t slot, const uint8_t *data, uint32_t size, const char *name, char *err,
                           size_t errlen)
 {
+    if (size >= 3 && (memcmp(data, "EDL", 3) == 0 || memcmp(data, "PDL", 3) == 0)) {
+        return espdl_load((host_t *)ctx, data, size, err, errlen);
+    }
     return host_model_load(((host_t *)ctx)->backend, slot, data, size, name, err, errlen);
 }
 
@@ -171,10 +195,13 @@ static int open_pty(const char **path, int *slave)
 
 /* ------------------------------------------------------------------------------------ the loop */
 
-static void press_reset(host_t *h, rc_runner_t *runner)
+static void press_reset(host_t *h, rc_runner_t *runner, const char *reason)
 {
+    char banner[96 + CONTROL_LINE_MAX];
     h->tx_len = h->tx_sent = 0; /* what the old firmware had not sent yet dies with it */
-    rc_runner_boot(runner, h->banner);
+    (void)snprintf(banner, sizeof banner, "espdl-hil streaming runner (host-core %s) ready; reset: %s", h->target,
+                   reason);
+    rc_runner_boot(runner, banner);
 }
 
 /* One control line; 0 means power off. */
@@ -185,11 +212,13 @@ static int control(host_t *h, rc_runner_t *runner, const char *line)
     }
     if (strncmp(line, "flash ", 6) == 0) { /* a flash tool wrote another build: report its ID, then reboot */
         (void)snprintf(h->build_id, sizeof h->build_id, "%s", line + 6);
-        press_reset(h, runner);
+        press_reset(h, runner, "power-on"); /* the flash tool's hard reset */
     } else if (strcmp(line, "reset") == 0) {
-        press_reset(h, runner);
+        press_reset(h, runner, "power-on");
+    } else if (strncmp(line, "reset ", 6) == 0) { /* a test's stand-in for a crash: "reset panic" */
+        press_reset(h, runner, line + 6);
     } else if (line[0] != '\0') {
-        fprintf(stderr, "runner_host: unknown control line '%s' (reset, flash <id>, quit)\n", line);
+        fprintf(stderr, "runner_host: unknown control line '%s' (reset [reason], flash <id>, quit)\n", line);
         return 1;
     }
     /* like the EN pin, the reset has happened when the caller continues: it may talk to the new boot at once */
@@ -271,7 +300,7 @@ static void serve(int master, host_t *h, rc_runner_t *runner)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: runner_host --target esp32p4|esp32s3\n");
+    fprintf(stderr, "usage: runner_host --target esp32p4|esp32s3 [--max-payload 256..65535]\n");
     return 2;
 }
 
@@ -280,17 +309,25 @@ int main(int argc, char **argv)
     static host_t host;
     rc_platform_t platform;
     rc_runner_t *runner;
-    const char *target = argc == 3 && strcmp(argv[1], "--target") == 0 ? argv[2] : "";
+    const char *target = (argc == 3 || argc == 5) && strcmp(argv[1], "--target") == 0 ? argv[2] : "";
     const char *path = NULL;
     int master, slave = -1;
+    unsigned long max_payload = MAX_PAYLOAD;
     rc_rounding_t rounding = RC_ROUND_HALF_EVEN;
+    if (argc == 5) {
+        char *end = NULL;
+        max_payload = strcmp(argv[3], "--max-payload") == 0 ? strtoul(argv[4], &end, 10) : 0;
+        if (end == NULL || *end != '\0' || max_payload < 256 || max_payload > 65535) {
+            return usage();
+        }
+    }
     if (strcmp(target, "esp32s3") == 0) {
         rounding = RC_ROUND_HALF_UP;
     } else if (strcmp(target, "esp32p4") != 0) {
         return usage();
     }
     (void)snprintf(host.build_id, sizeof host.build_id, "%s", RC_HOST_BUILD_ID);
-    (void)snprintf(host.banner, sizeof host.banner, "espdl-hil streaming runner (host-core %s) ready", target);
+    host.target = target;
     host.backend = host_backend_create(rounding);
     memset(&platform, 0, sizeof platform);
     platform.ctx = &host;
@@ -307,7 +344,7 @@ int main(int argc, char **argv)
     platform.device_kind = "host-core";
     platform.rounding = rounding;
     platform.credits = CREDITS;
-    platform.max_payload = MAX_PAYLOAD;
+    platform.max_payload = (uint16_t)max_payload;
     runner = (rc_runner_t *)malloc(rc_runner_size());
     master = open_pty(&path, &slave);
     if (host.backend == NULL || runner == NULL || master < 0) {

@@ -15,6 +15,7 @@
 #include "esp_heap_caps.h"
 #include "esp_idf_version.h"
 #include "esp_log.h"
+#include "esp_system.h" /* esp_reset_reason */
 #include "freertos/FreeRTOS.h"
 #include "freertos/idf_additions.h" /* xTaskCreatePinnedToCore */
 #include "freertos/task.h"
@@ -45,7 +46,7 @@
 
 static const char *TAG = "runner";
 static char s_build_id[65];
-static char s_banner[96];
+static char s_banner[128];
 static rc_platform_t s_platform;
 
 static void *psram_alloc(void *ctx, size_t bytes)
@@ -75,6 +76,32 @@ static uint32_t free_psram_bytes(void *ctx)
 {
     (void)ctx;
     return (uint32_t)heap_caps_get_free_size(MALLOC_CAP_SPIRAM);
+}
+
+/* Why the chip last reset, for the BOOT banner: a BOOT in the middle of a session makes the host fail the run
+ * with "rebooted unexpectedly: <banner>", which then says panic, task watchdog, brownout... (docs/protocol.md,
+ * BOOT). Every esp_reset_reason_t value of ESP-IDF v5.5.2 to v6.0.2 (esp_system.h). */
+static const char *reset_reason_name(esp_reset_reason_t reason)
+{
+    switch (reason) {
+    case ESP_RST_UNKNOWN: return "unknown";
+    case ESP_RST_POWERON: return "power-on"; /* also the EN pin, i.e. the host's hard reset */
+    case ESP_RST_EXT: return "external pin";
+    case ESP_RST_SW: return "software";
+    case ESP_RST_PANIC: return "panic";
+    case ESP_RST_INT_WDT: return "interrupt watchdog";
+    case ESP_RST_TASK_WDT: return "task watchdog";
+    case ESP_RST_WDT: return "other watchdog";
+    case ESP_RST_DEEPSLEEP: return "deep sleep";
+    case ESP_RST_BROWNOUT: return "brownout";
+    case ESP_RST_SDIO: return "SDIO";
+    case ESP_RST_USB: return "USB";
+    case ESP_RST_JTAG: return "JTAG";
+    case ESP_RST_EFUSE: return "efuse error";
+    case ESP_RST_PWR_GLITCH: return "power glitch";
+    case ESP_RST_CPU_LOCKUP: return "CPU lockup";
+    default: return "not known to this firmware";
+    }
 }
 
 /* The ELF SHA-256 in full (the harness compares it with the build's ELF to decide whether to flash);
@@ -120,8 +147,8 @@ void app_main(void)
     esp_log_level_set("*", ESP_LOG_INFO); /* boot ran at WARN (sdkconfig.defaults) to keep the port quiet */
     format_build_id(app);
     /* app->version is PROJECT_VER (../CMakeLists.txt) */
-    (void)snprintf(s_banner, sizeof s_banner, "espdl-stream-runner %s %s %s", app->version, CONFIG_IDF_TARGET,
-                   RUNNER_LINK_NAME);
+    (void)snprintf(s_banner, sizeof s_banner, "espdl-stream-runner %s %s %s; reset: %s", app->version,
+                   CONFIG_IDF_TARGET, RUNNER_LINK_NAME, reset_reason_name(esp_reset_reason()));
     s_platform = (rc_platform_t){
         .ctx = NULL,
         .write = runner_link_write,

@@ -11,6 +11,10 @@
  *
  * One model instance holds one state (its StreamingCache modules and the cache tensors), so a slot that
  * several modules run gets one instance per module, as on the virtual board.
+ *
+ * ESP-DL aborts when an allocation fails (C++ exceptions are off): before every dl::Model is constructed, the
+ * portable core's estimate of what it takes (rc_espdl.h) is checked against the free PSRAM and its largest
+ * block, and a model that does not fit is refused with OUT_OF_MEMORY.
  */
 #include <algorithm>
 #include <cstdint>
@@ -23,11 +27,14 @@
 #include <vector>
 
 #include "dl_model_base.hpp"
+#include "esp_clk_tree.h"
 #include "esp_cpu.h"
+#include "esp_heap_caps.h"
 #include "esp_log.h"
 #include "esp_timer.h"
 
 #include "espdl_backend.h"
+#include "rc_espdl.h"
 #include "runner_log.h"
 
 namespace {
@@ -37,6 +44,7 @@ const char *const TAG = "espdl_backend";
 struct Slot {
     dl::Model *model; // nullptr: empty
     const uint8_t *data;
+    rc_espdl_need_t need; // what one more instance of it takes
 };
 
 struct Module {
@@ -51,37 +59,19 @@ struct Module {
 Slot s_slots[RC_MAX_SLOTS];
 Module s_modules[RC_MAX_MODULES];
 
-// ESP-DL asserts (the chip reboots) on a header it cannot parse, and only loads plain single models here:
-// refuse everything else with a reason. Layouts: fbs_loader.hpp, "FBS_FILE_FORMAT_*".
-bool check_container(const uint8_t *data, uint32_t size, char *err, size_t errlen)
+// The core's estimate of an instance (rc_espdl.h) against what PSRAM has now: free bytes and largest block.
+rc_error_t fits(const rc_espdl_need_t &need, char *err, size_t errlen)
 {
-    uint32_t mode;
-    uint32_t body;
-    if (size < 16) {
-        snprintf(err, errlen, "%lu bytes are too few for an .espdl file", (unsigned long)size);
-        return false;
-    }
-    if (memcmp(data, "PDL", 3) == 0) {
-        snprintf(err, errlen, "packed models (%.4s) are not supported: upload one .espdl per slot",
-                 reinterpret_cast<const char *>(data));
-        return false;
-    }
-    if (memcmp(data, "EDL2", 4) != 0 && memcmp(data, "EDL1", 4) != 0) {
-        snprintf(err, errlen, "not an .espdl file (magic %02x %02x %02x %02x)", data[0], data[1], data[2], data[3]);
-        return false;
-    }
-    memcpy(&mode, data + 4, sizeof mode); // little-endian, as the chip
-    memcpy(&body, data + 8, sizeof body);
-    if (mode != 0) {
-        snprintf(err, errlen, "encrypted model (mode %lu): the runner has no key", (unsigned long)mode);
-        return false;
-    }
-    if (body > size - (data[3] == '2' ? 16u : 12u)) {
-        snprintf(err, errlen, "the header announces %lu bytes, the file holds %lu", (unsigned long)body,
-                 (unsigned long)size);
-        return false;
-    }
-    return true;
+    return rc_memory_check(&need, heap_caps_get_free_size(MALLOC_CAP_SPIRAM),
+                           heap_caps_get_largest_free_block(MALLOC_CAP_SPIRAM), err, errlen);
+}
+
+uint32_t cpu_mhz()
+{
+    uint32_t hz = 0;
+    return esp_clk_tree_src_get_freq_hz(SOC_MOD_CLK_CPU, ESP_CLK_TREE_SRC_FREQ_PRECISION_CACHED, &hz) == ESP_OK
+               ? hz / 1000000u
+               : 0;
 }
 
 bool allocated(const std::map<std::string, dl::TensorBase *> &tensors)
@@ -166,16 +156,28 @@ rc_error_t model_load(void *ctx, uint8_t slot, const uint8_t *data, uint32_t siz
         snprintf(err, errlen, "model buffer is not %d-byte aligned", ESPDL_MODEL_ALIGNMENT);
         return RC_ERR_INTERNAL;
     }
-    if (!check_container(data, size, err, errlen)) {
-        return RC_ERR_MODEL_LOAD_FAILED;
+    rc_espdl_need_t need;
+    char line[192];
+    // refuses what ESP-DL would assert on (not EDL1/EDL2, packed, encrypted, a size beyond the file) and a
+    // FlatBuffer whose offsets leave the buffer; then the memory ESP-DL would take, or it aborts
+    code = rc_espdl_need(data, size, &need, err, errlen);
+    if (code != RC_OK) {
+        return code;
     }
-    model_unload(ctx, slot);
+    rc_espdl_describe(&need, line, sizeof line);
+    ESP_LOGI(TAG, "slot %u: %s: %s", (unsigned)slot, name, line);
+    model_unload(ctx, slot); // the core unloaded it already (MODEL_BEGIN); nothing of it counts against PSRAM
+    code = fits(need, err, errlen);
+    if (code != RC_OK) {
+        return code;
+    }
     dl::Model *model = new_model(data, &code, err, errlen);
     if (model == nullptr) {
         return code;
     }
     s_slots[slot].model = model;
     s_slots[slot].data = data;
+    s_slots[slot].need = need;
     ESP_LOGI(TAG, "slot %u: %s, inputs %s; outputs %s", (unsigned)slot, name, describe(model->get_inputs()).c_str(),
              describe(model->get_outputs()).c_str());
     return RC_OK;
@@ -287,6 +289,10 @@ rc_error_t module_bind(void *ctx, uint8_t module, const rc_module_config_t *cfg,
         return RC_ERR_BAD_CONFIG;
     }
     if (slot_taken(m, slot.model)) {
+        code = fits(slot.need, err, errlen);
+        if (code != RC_OK) {
+            return code;
+        }
         m.own = new_model(slot.data, &code, err, errlen);
         if (m.own == nullptr) {
             return RC_ERR_OUT_OF_MEMORY; // the same bytes loaded at MODEL_END: only memory can be missing now
@@ -315,12 +321,14 @@ rc_error_t module_run(void *ctx, uint8_t module, const void *input, void *output
         return RC_ERR_INTERNAL;
     }
     memcpy(m.input->data, input, m.input->get_bytes());
-    const esp_cpu_cycle_count_t cycles = esp_cpu_get_cycle_count();
+    const esp_cpu_cycle_count_t before = esp_cpu_get_cycle_count();
     const int64_t start = esp_timer_get_time();
     m.model->run(); // single core, on the runner task's core: the cycle counter is that core's
     const int64_t end = esp_timer_get_time();
-    timing->cycles = static_cast<uint32_t>(esp_cpu_get_cycle_count() - cycles);
-    timing->microseconds = static_cast<uint32_t>(end - start);
+    const esp_cpu_cycle_count_t after = esp_cpu_get_cycle_count();
+    // the counter is 32 bits (10.7 s at 400 MHz): the 64-bit esp_timer tells how often it wrapped
+    timing->microseconds = static_cast<uint64_t>(end - start);
+    timing->cycles = rc_cycles_widen(static_cast<uint32_t>(after - before), timing->microseconds, cpu_mhz());
     memcpy(output, m.output->data, m.output->get_bytes());
     if (m.cache_input != nullptr) {
         memmove(m.cache_input->data, m.cache_output->data, m.cache_input->get_bytes());

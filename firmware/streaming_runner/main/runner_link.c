@@ -16,6 +16,7 @@
 
 #if CONFIG_RUNNER_LINK_UART
 #include "driver/uart.h"
+#include "soc/soc_caps.h" /* SOC_UART_HP_NUM */
 #else
 #include "driver/usb_serial_jtag.h"
 #endif
@@ -34,6 +35,9 @@ static StreamBufferHandle_t s_ring;
 #if CONFIG_RUNNER_LINK_UART
 
 #define PORT ((uart_port_t)CONFIG_RUNNER_UART_PORT)
+#if CONFIG_RUNNER_UART_PORT >= SOC_UART_HP_NUM /* Kconfig limits it per target; a stale sdkconfig may not */
+#error "CONFIG_RUNNER_UART_PORT names a UART this chip does not have (ESP32-S3: 0-2, ESP32-P4: 0-4)"
+#endif
 
 const char RUNNER_LINK_NAME[] =
     "UART" VALUE_STRING(CONFIG_RUNNER_UART_PORT) " " VALUE_STRING(CONFIG_RUNNER_UART_BAUD_RATE);

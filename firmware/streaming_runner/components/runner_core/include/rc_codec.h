@@ -29,7 +29,8 @@ extern "C" {
 #define RC_MODEL_BEGIN_FIXED_SIZE 37u /* slot, size, sha256; then the name */
 #define RC_CONFIGURE_HEADER_SIZE 9u
 #define RC_OUTPUT_HEADER_SIZE 19u
-#define RC_TIMING_SIZE 8u            /* cycles u32, microseconds u32 */
+#define RC_OUTPUT_PART_SIZE 4u       /* a part (windows 0): part_first_frame u16, part_frames u16 */
+#define RC_TIMING_SIZE 16u           /* cycles u64, microseconds u64 */
 #define RC_ACK_MODULE_SIZE 7u        /* one CONFIGURE ACK detail record */
 #define RC_CONFIGURE_FLAG_ALL_OUTPUTS 0x01u
 #define RC_BAD_FRAME_REF_SEQ 0xFFFFu
@@ -141,17 +142,22 @@ typedef struct {
     rc_bytes_t device_kind;
 } rc_info_t;
 
+/* Whole windows (windows >= 1), or with windows 0 a part of window `window` (protocol.md section 7.7): its
+ * frames part_first_frame .. part_first_frame + part_frames - 1, whose values `data` holds in `layout` order
+ * (NCW: per channel). part_first_frame and part_frames are 0 in an OUTPUT of whole windows. */
 typedef struct {
     uint32_t window;
-    uint16_t windows;
+    uint16_t windows; /* 0: a part */
     uint8_t module;
     uint32_t step;
     uint8_t layout; /* rc_layout_t */
     uint8_t bits;
     int8_t exponent;
-    uint16_t frames;
+    uint16_t frames;   /* of one whole window, also in a part */
     uint16_t channels;
     rc_bytes_t timings; /* RC_TIMING_SIZE bytes per module 0..k (rc_timing_get / rc_timing_put) */
+    uint16_t part_first_frame;
+    uint16_t part_frames;
     rc_bytes_t data;
 } rc_output_t;
 
@@ -269,6 +275,10 @@ void rc_ack_module_put(uint8_t out[RC_ACK_MODULE_SIZE], const rc_module_info_t *
  * (0: none; at most 0xFFFF): the Python max_windows_per_output. */
 uint32_t rc_max_windows_per_output(size_t max_payload, uint32_t frames, uint32_t channels, unsigned bits,
                                    unsigned modules);
+/* Most frames of one window an OUTPUT part of `modules` timing records carries (0: not even one; at most
+ * 0xFFFF): the Python max_frames_per_part. A window that does not fit one OUTPUT goes out in parts of this many
+ * frames, the last one the rest (protocol.md section 7.7). */
+uint32_t rc_max_frames_per_part(size_t max_payload, uint32_t channels, unsigned bits, unsigned modules);
 
 /* ------------------------------------------------------------------------------------------ receiver */
 

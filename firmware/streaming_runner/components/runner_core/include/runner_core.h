@@ -65,9 +65,11 @@ typedef struct {
     uint16_t output_channels;
 } rc_module_info_t;
 
+/* Timings are 64-bit end to end (OUTPUT carries u64 sums): a run of more than 2^32 cycles (10.7 s at 400 MHz)
+ * and a batch's sum of many runs must not wrap. */
 typedef struct {
-    uint32_t cycles;       /* CPU cycles of the run (0 where not counted) */
-    uint32_t microseconds; /* wall time of the run */
+    uint64_t cycles;       /* CPU cycles of the run (0 where not counted) */
+    uint64_t microseconds; /* wall time of the run */
 } rc_timing_t;
 
 /* The backend: models and their execution. Every function returns RC_OK or an error code; on error it may
@@ -84,7 +86,10 @@ typedef struct {
     rc_error_t (*module_bind)(void *ctx, uint8_t module, const rc_module_config_t *cfg, uint16_t window,
                               rc_module_info_t *info, char *err, size_t errlen);
     /* Run module `module` once: input holds one window in the module's input layout and bits, output
-     * receives one window in its output layout. Afterwards cache_output is copied into cache_input. */
+     * receives one window in its output layout. Afterwards cache_output is copied into cache_input.
+     * CONFIGURE calls it once per module on a window of zeros before the stream starts (a warm-up that takes
+     * the inference library's first-run allocations out of the timings; its output and timing are dropped),
+     * then module_reset(), so the warm-up leaves no state behind. */
     rc_error_t (*module_run)(void *ctx, uint8_t module, const void *input, void *output, rc_timing_t *timing,
                              char *err, size_t errlen);
     /* Zero the module's cache and reset the model's internal state (dl::Model::reset()). */
@@ -129,6 +134,13 @@ void rc_runner_feed(rc_runner_t *runner, const uint8_t *data, size_t len);
 void rc_runner_log(rc_runner_t *runner, rc_log_level_t level, const char *text);
 /* Release everything allocated through the platform. */
 void rc_runner_deinit(rc_runner_t *runner);
+
+/* The 64-bit cycle count of a run from what a platform can measure: `cycles32`, the difference of a 32-bit
+ * cycle counter read before and after (correct modulo 2^32), and `microseconds`, the run's wall time from a
+ * 64-bit timer, with the CPU at `cpu_mhz`. The full count is cycles32 + k x 2^32 with
+ * k = round((microseconds x cpu_mhz - cycles32) / 2^32): exact while the two clocks disagree by less than 2^31
+ * cycles (5.3 s at 400 MHz) and the CPU frequency stays fixed during the run. cpu_mhz 0: cycles32 as it is. */
+uint64_t rc_cycles_widen(uint32_t cycles32, uint64_t microseconds, uint32_t cpu_mhz);
 
 #ifdef __cplusplus
 }

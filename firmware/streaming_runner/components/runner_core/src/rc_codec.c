@@ -433,15 +433,25 @@ static void unpack_output(reader_t *r, rc_output_t *m)
     if (!r->failed && m->bits != 8 && m->bits != 16) {
         r_fail(r, "bits %u is not 8 or 16", m->bits);
     }
-    if (!r->failed && m->windows == 0) {
-        r_fail(r, "windows 0: an OUTPUT carries at least 1 window");
-    }
     m->timings = r_take(r, (size_t)timing_count * RC_TIMING_SIZE);
+    if (!r->failed && m->windows == 0) { /* a part: its frame range follows the timings */
+        m->part_first_frame = r_u16(r);
+        m->part_frames = r_u16(r);
+        if (!r->failed && m->part_frames == 0) {
+            r_fail(r, "part_frames 0: an OUTPUT part carries at least 1 frame");
+        }
+        if (!r->failed && (uint32_t)m->part_first_frame + m->part_frames > m->frames) {
+            r_fail(r, "part of frames %u..%lu lies beyond a window of %u frames", m->part_first_frame,
+                   (unsigned long)m->part_first_frame + m->part_frames - 1u, m->frames);
+        }
+    }
     m->data = r_rest(r);
-    size = (uint64_t)m->windows * m->frames * m->channels * (m->bits / 8u);
+    size = (m->windows == 0 ? (uint64_t)m->part_frames : (uint64_t)m->windows * m->frames) * m->channels *
+           (m->bits / 8u);
     if (!r->failed && (uint64_t)m->data.len != size) {
-        r_fail(r, "%lu data bytes, windows %u x frames %u x channels %u x %u", (unsigned long)m->data.len,
-               m->windows, m->frames, m->channels, m->bits / 8u);
+        r_fail(r, "%lu data bytes, %s %u x channels %u x %u", (unsigned long)m->data.len,
+               m->windows == 0 ? "part_frames" : "windows x frames",
+               m->windows == 0 ? m->part_frames : (unsigned)(m->windows * m->frames), m->channels, m->bits / 8u);
     }
 }
 
@@ -622,6 +632,12 @@ static void w_u32(writer_t *w, uint32_t v)
     w_bytes(w, b, 4);
 }
 
+static void w_u64(writer_t *w, uint64_t v)
+{
+    w_u32(w, (uint32_t)v);
+    w_u32(w, (uint32_t)(v >> 32));
+}
+
 static void w_str(writer_t *w, rc_bytes_t s)
 {
     if (s.len > 0xFFFFu) {
@@ -659,8 +675,9 @@ static void pack_info(writer_t *w, const rc_info_t *m)
 
 static void pack_output(writer_t *w, const rc_output_t *m)
 {
-    if (m->timings.len % RC_TIMING_SIZE != 0 || m->timings.len / RC_TIMING_SIZE > 0xFFu) {
-        w->failed = 1;
+    if (m->timings.len % RC_TIMING_SIZE != 0 || m->timings.len / RC_TIMING_SIZE > 0xFFu ||
+        (m->windows != 0 && (m->part_first_frame != 0 || m->part_frames != 0))) {
+        w->failed = 1; /* whole windows carry no part fields */
         return;
     }
     w_u32(w, m->window);
@@ -674,6 +691,10 @@ static void pack_output(writer_t *w, const rc_output_t *m)
     w_u16(w, m->channels);
     w_u8(w, (unsigned)(m->timings.len / RC_TIMING_SIZE));
     w_bytes(w, m->timings.ptr, m->timings.len);
+    if (m->windows == 0) {
+        w_u16(w, m->part_first_frame);
+        w_u16(w, m->part_frames);
+    }
     w_bytes(w, m->data.ptr, m->data.len);
 }
 
@@ -789,12 +810,22 @@ size_t rc_module_record_write(const rc_module_record_t *record, uint8_t *out, si
     return w.failed ? 0 : w.len;
 }
 
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    int i;
+    for (i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
 rc_timing_t rc_timing_get(const rc_output_t *output, size_t module)
 {
     const uint8_t *p = output->timings.ptr + module * RC_TIMING_SIZE;
     rc_timing_t t;
-    t.cycles = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    t.microseconds = (uint32_t)p[4] | ((uint32_t)p[5] << 8) | ((uint32_t)p[6] << 16) | ((uint32_t)p[7] << 24);
+    t.cycles = get_u64(p);
+    t.microseconds = get_u64(p + 8);
     return t;
 }
 
@@ -805,8 +836,8 @@ void rc_timing_put(uint8_t out[RC_TIMING_SIZE], const rc_timing_t *timing)
     w.cap = RC_TIMING_SIZE;
     w.len = 0;
     w.failed = 0;
-    w_u32(&w, timing->cycles);
-    w_u32(&w, timing->microseconds);
+    w_u64(&w, timing->cycles);
+    w_u64(&w, timing->microseconds);
 }
 
 void rc_ack_module_put(uint8_t out[RC_ACK_MODULE_SIZE], const rc_module_info_t *info)
@@ -835,6 +866,17 @@ uint32_t rc_max_windows_per_output(size_t max_payload, uint32_t frames, uint32_t
         return 0xFFFFu;
     }
     fit = (uint64_t)(max_payload - fixed) / window_bytes;
+    return fit > 0xFFFFu ? 0xFFFFu : (uint32_t)fit;
+}
+
+uint32_t rc_max_frames_per_part(size_t max_payload, uint32_t channels, unsigned bits, unsigned modules)
+{
+    size_t fixed = RC_OUTPUT_HEADER_SIZE + (size_t)RC_TIMING_SIZE * modules + RC_OUTPUT_PART_SIZE;
+    uint64_t frame_bytes = (uint64_t)channels * (bits / 8u), fit;
+    if (max_payload < fixed || frame_bytes == 0) {
+        return 0;
+    }
+    fit = (uint64_t)(max_payload - fixed) / frame_bytes;
     return fit > 0xFFFFu ? 0xFFFFu : (uint32_t)fit;
 }
 

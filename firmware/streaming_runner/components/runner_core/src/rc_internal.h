@@ -31,8 +31,9 @@ typedef struct {
 typedef struct {
     rc_module_config_t cfg;
     rc_module_info_t info;
-    size_t in_bytes;  /* one window of its input */
-    size_t out_bytes; /* one window of its output */
+    size_t in_bytes;     /* one window of its input */
+    size_t out_bytes;    /* one window of its output */
+    uint16_t part_frames; /* a window too large for one OUTPUT: frames per part (section 7.7); 0: whole windows */
 } rc_module_t;
 
 /* A window waiting for modules (section 7.4): the input of its next module, the timings of those that ran. */
@@ -43,7 +44,8 @@ typedef struct {
     uint8_t *data; /* native values, in module `module`'s input layout */
 } rc_task_t;
 
-/* Outputs of consecutive windows of one reported module, on their way into one OUTPUT (section 7.6). */
+/* Outputs of consecutive windows of one reported module, on their way into one OUTPUT (section 7.6); for a
+ * module whose window goes out in parts (section 7.7) one window, stored part by part as the parts carry it. */
 typedef struct {
     uint8_t *data; /* `count` window blocks, little-endian as on the wire */
     uint16_t count;

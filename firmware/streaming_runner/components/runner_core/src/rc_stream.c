@@ -130,13 +130,18 @@ void rc_stream_restart(rc_runner_t *r)
 
 /* --------------------------------------------------------------------------------------- batches */
 
+/* Sends module k's batch: one OUTPUT of b->count windows, or, for a window too large for one OUTPUT, its parts
+ * one after the other in frame order (section 7.7), each straight from the batch buffer (batch_add stored the
+ * window part by part), all with the window's header, step and timings. */
 static void send_batch(rc_runner_t *r, unsigned k)
 {
     const rc_module_t *m = &r->modules[k];
     rc_batch_t *b = &r->batches[k];
     uint8_t timings[RC_MAX_MODULES * RC_TIMING_SIZE];
+    size_t frame_bytes = (size_t)m->info.output_channels * (m->info.output_bits / 8u);
     rc_message_t msg;
     unsigned i;
+    uint32_t first;
     for (i = 0; i <= k; i++) {
         rc_timing_put(timings + i * RC_TIMING_SIZE, &b->sums[i]);
     }
@@ -153,10 +158,39 @@ static void send_batch(rc_runner_t *r, unsigned k)
     msg.u.output.channels = m->info.output_channels;
     msg.u.output.timings.ptr = timings;
     msg.u.output.timings.len = (k + 1) * RC_TIMING_SIZE;
-    msg.u.output.data.ptr = b->data;
-    msg.u.output.data.len = b->count * m->out_bytes;
-    (void)rc_send(r, &msg); /* CONFIGURE made sure it fits max_payload */
+    if (m->part_frames == 0) {
+        msg.u.output.data.ptr = b->data;
+        msg.u.output.data.len = b->count * m->out_bytes;
+        (void)rc_send(r, &msg); /* CONFIGURE made sure it fits max_payload */
+        b->count = 0;
+        return;
+    }
+    msg.u.output.windows = 0; /* parts of one window (the batch holds one: output_batch is 1) */
+    for (first = 0; first < r->window; first += m->part_frames) {
+        uint32_t frames = r->window - first < m->part_frames ? r->window - first : m->part_frames;
+        msg.u.output.part_first_frame = (uint16_t)first;
+        msg.u.output.part_frames = (uint16_t)frames;
+        msg.u.output.data.ptr = b->data + first * frame_bytes; /* the parts before hold `first` frames */
+        msg.u.output.data.len = frames * frame_bytes;
+        (void)rc_send(r, &msg); /* CONFIGURE made sure a part of part_frames frames fits max_payload */
+    }
     b->count = 0;
+}
+
+/* Where value v of a window in the module's output layout (native index, rc_value_at) goes in the batch block:
+ * there, unless the window is sent in NCW parts, whose block holds part after part, each [channels][its frames]
+ * (an NWC window is frame-major: its parts are consecutive already). */
+static size_t block_index(const rc_runner_t *r, const rc_module_t *m, size_t v)
+{
+    size_t frames = r->window, channels = m->info.output_channels, t, c, first, count;
+    if (m->part_frames == 0 || m->cfg.output_layout != RC_LAYOUT_NCW) {
+        return v;
+    }
+    c = v / frames;
+    t = v % frames;
+    first = t / m->part_frames * m->part_frames;
+    count = frames - first < m->part_frames ? frames - first : m->part_frames;
+    return first * channels + c * count + (t - first);
 }
 
 /* Module k's output (in scratch) of task t joins k's batch; a full batch goes out at once. */
@@ -172,9 +206,9 @@ static void batch_add(rc_runner_t *r, unsigned k, const rc_task_t *t, uint32_t s
         memset(b->sums, 0, sizeof b->sums);
     }
     for (v = 0; v < values; v++) {
-        wire_set(block, v, bits, rc_value_get(r->scratch, v, bits));
+        wire_set(block, block_index(r, m, v), bits, rc_value_get(r->scratch, v, bits));
     }
-    for (i = 0; i <= k; i++) { /* u32 sums wrap, as the protocol says */
+    for (i = 0; i <= k; i++) { /* u64 sums: no batch of runs comes near 2^64 cycles */
         b->sums[i].cycles += t->timings[i].cycles;
         b->sums[i].microseconds += t->timings[i].microseconds;
     }

@@ -164,7 +164,7 @@ static rc_error_t bind_module(rc_runner_t *r, unsigned k, const rc_module_record
 {
     rc_module_t *m = &r->modules[k];
     rc_error_t code;
-    char why[RC_TEXT_MAX / 2];
+    char why[RC_TEXT_MAX];
     if (rec->slot >= RC_MAX_SLOTS || r->slots[rec->slot].state != RC_SLOT_LOADED) {
         return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: slot %u holds no model", k, rec->slot);
     }
@@ -220,17 +220,55 @@ static rc_error_t bind_modules(rc_runner_t *r, const rc_configure_t *m)
     return RC_OK;
 }
 
-/* One OUTPUT of a reported module must fit max_payload (section 5, CONFIGURE). */
+/* One OUTPUT of a reported module must fit max_payload (section 5, CONFIGURE), except that a single window too
+ * large for one goes out in parts (section 7.7): output_batch 1 and at least one frame per part. */
 static rc_error_t check_batches(rc_runner_t *r)
 {
     unsigned k;
     for (k = 0; k < r->module_count; k++) {
-        const rc_module_t *m = &r->modules[k];
-        if (rc_module_reported(r, k) &&
-            r->output_batch > rc_max_windows_per_output(r->pf.max_payload, r->window, m->info.output_channels,
-                                                        m->info.output_bits, k + 1)) {
-            return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: %u windows of %u x %u do not fit one OUTPUT of %u bytes",
-                           k, r->output_batch, r->window, m->info.output_channels, r->pf.max_payload);
+        rc_module_t *m = &r->modules[k];
+        uint32_t fit;
+        m->part_frames = 0;
+        if (!rc_module_reported(r, k)) {
+            continue;
+        }
+        fit = rc_max_windows_per_output(r->pf.max_payload, r->window, m->info.output_channels, m->info.output_bits,
+                                        k + 1);
+        if (r->output_batch > 1 && r->output_batch > fit) {
+            return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: %u windows of %u x %u do not fit one OUTPUT of %u bytes%s",
+                           k, r->output_batch, r->window, m->info.output_channels, r->pf.max_payload,
+                           fit == 0 ? " (one window goes in parts with output_batch 1)" : "");
+        }
+        if (fit == 0) {
+            uint32_t per_part = rc_max_frames_per_part(r->pf.max_payload, m->info.output_channels,
+                                                       m->info.output_bits, k + 1);
+            if (per_part == 0) {
+                return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: one frame of %u x int%u does not fit an OUTPUT part "
+                               "of %u bytes", k, m->info.output_channels, m->info.output_bits, r->pf.max_payload);
+            }
+            m->part_frames = (uint16_t)per_part;
+        }
+    }
+    return RC_OK;
+}
+
+/* One run of every module on a window of zeros before the stream starts: ESP-DL allocates some buffers at a
+ * model's first run (StreamingCache's cache, lookup tables), which would otherwise be timed as part of window
+ * 0. Output and timing are dropped; rc_stream_restart(), which must follow, resets every module, so the
+ * warm-up leaves no state behind. */
+static rc_error_t warm_up(rc_runner_t *r)
+{
+    uint8_t *zeros = r->tasks[0].data; /* task_cap >= 1, each task's buffer holds any module's input */
+    unsigned k;
+    for (k = 0; k < r->module_count; k++) {
+        rc_timing_t timing = {0, 0};
+        char why[RC_TEXT_MAX / 2];
+        rc_error_t code;
+        memset(zeros, 0, r->modules[k].in_bytes);
+        why[0] = '\0';
+        code = r->pf.backend->module_run(r->pf.ctx, (uint8_t)k, zeros, r->scratch, &timing, why, sizeof why);
+        if (code != RC_OK) {
+            return rc_fail(r, rc_error_code(code), "module %u, warm-up run: %s", k, why);
         }
     }
     return RC_OK;
@@ -264,12 +302,15 @@ static rc_error_t handle_configure(rc_runner_t *r, const rc_configure_t *m, rc_b
     if (code == RC_OK) {
         code = rc_stream_allocate(r);
     }
+    if (code == RC_OK) {
+        code = warm_up(r);
+    }
     if (code != RC_OK) {
         unconfigure(r);
         return code;
     }
     r->configured = 1;
-    rc_stream_restart(r);
+    rc_stream_restart(r); /* after warm_up(): every module back to its zero state */
     for (k = 0; k < r->module_count; k++) {
         rc_ack_module_put(r->ack_detail + k * RC_ACK_MODULE_SIZE, &r->modules[k].info);
     }
@@ -346,7 +387,7 @@ static rc_error_t check_and_load(rc_runner_t *r, uint8_t slot)
 {
     rc_slot_t *s = &r->slots[slot];
     uint8_t digest[RC_SHA256_SIZE];
-    char why[RC_TEXT_MAX / 2];
+    char why[RC_TEXT_MAX];
     rc_error_t code;
     if (s->received != s->size) {
         return rc_fail(r, RC_ERR_BAD_PAYLOAD, "slot %u: received %lu of %lu bytes", slot, (unsigned long)s->received,
@@ -586,6 +627,21 @@ void rc_runner_feed(rc_runner_t *runner, const uint8_t *data, size_t len)
 void rc_runner_log(rc_runner_t *runner, rc_log_level_t level, const char *text)
 {
     send_log(runner, level, text);
+}
+
+uint64_t rc_cycles_widen(uint32_t cycles32, uint64_t microseconds, uint32_t cpu_mhz)
+{
+    const uint64_t limit = UINT64_MAX >> 1; /* keeps expected + 2^31 and k x 2^32 below 2^64 */
+    uint64_t expected, k;
+    if (cpu_mhz == 0) {
+        return cycles32;
+    }
+    expected = microseconds > limit / cpu_mhz ? limit : microseconds * cpu_mhz;
+    if (expected <= cycles32) {
+        return cycles32; /* k would round to 0 (or to -1, a negative count) */
+    }
+    k = (expected - cycles32 + 0x80000000u) >> 32; /* round to the nearest multiple of 2^32 */
+    return cycles32 + (k << 32);
 }
 
 void rc_runner_deinit(rc_runner_t *runner)
