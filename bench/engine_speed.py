@@ -53,7 +53,8 @@ def main() -> None:
     total = frames.values.shape[0] * frames.values.shape[1]
     print(f"{args.model} on {args.target}: {total} frames of {frames.values.shape[2]} channels per measurement")
     for window in (int(w) for w in args.windows.split(",")):
-        streamer = HostStreamer(qm)
+        exports = quantizer.streaming_exports(qm, window)
+        streamer = HostStreamer(qm, exports)
         start = time.perf_counter()
         for seq in frames.values:
             streamer.reset()
@@ -61,7 +62,7 @@ def main() -> None:
                 streamer.step(seq[i : i + window], frames.exponent)
         ppq = total / (time.perf_counter() - start)
 
-        chain = engine_chain(quantizer.streaming_exports(qm, window), qm.target)
+        chain = engine_chain(exports, qm.target)
         start = time.perf_counter()
         for seq in frames.values:
             caches = {}

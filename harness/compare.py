@@ -98,9 +98,62 @@ def compare(expected: QTensor, actual: QTensor, window: int, tolerance_lsb: int 
     )
 
 
-def first_diverging_module(expected: list[QTensor], actual: list[QTensor], window: int, tolerance_lsb: int) -> int | None:
-    """Index of the first sub-model whose output already differs beyond tolerance."""
-    for k, (e, a) in enumerate(zip(expected, actual)):
-        if not compare(e, a, window, tolerance_lsb).passed:
-            return k
-    return None
+@dataclass(frozen=True)
+class Verdict:
+    """One question asked of every sub-model's output: ``streaming`` exactness or arithmetic ``fidelity``.
+
+    Each module's output is compared with its own tolerance; the verdict passes when all do. The scalar
+    figures are those of the first failing module, or of the last module (end to end) when all pass.
+    """
+
+    name: str
+    comparisons: tuple[Comparison, ...]
+    reason: str = ""
+    limit: str = "tolerance"  # what the allowed difference is called: a "tolerance" or a "bound"
+
+    @property
+    def failing_module(self) -> int | None:
+        return next((k for k, c in enumerate(self.comparisons) if not c.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.failing_module is None
+
+    @property
+    def module(self) -> int:
+        return len(self.comparisons) - 1 if self.passed else self.failing_module
+
+    def summary(self) -> str:
+        c = self.comparisons[self.module]
+        head = f"{self.name} verdict {'pass' if self.passed else 'FAIL'}"
+        return f"{head} (module {self.module} of {len(self.comparisons)}): {c.summary()}"
+
+    def fields(self) -> dict:
+        """session.json fields: ``<name>_mismatches``, ``<name>_max_abs_lsb``, ``<name>_tolerance_lsb`` ..."""
+        c = self.comparisons[self.module]
+        where = None if c.first_divergence is None else {"module": self.module, **c.first_divergence}
+        return {
+            f"{self.name}_verdict": "pass" if self.passed else "fail",
+            f"{self.name}_module": self.module,
+            f"{self.name}_mismatches": c.mismatches,
+            f"{self.name}_max_abs_lsb": c.max_abs_lsb,
+            f"{self.name}_{self.limit}_lsb": c.tolerance_lsb,
+            f"{self.name}_exponent_match": c.exponent_match,
+            f"{self.name}_first_divergence": where,
+            f"{self.name}_per_module": [{"max_abs_lsb": m.max_abs_lsb, f"{self.limit}_lsb": m.tolerance_lsb,
+                                         "mismatches": m.mismatches} for m in self.comparisons],
+            **({f"{self.name}_reason": self.reason} if self.reason else {}),
+        }
+
+
+def streaming_verdict(offline: list[QTensor], streamed: list[QTensor], window: int, tolerance: int,
+                      reason: str = "") -> Verdict:
+    """Streaming exactness: every module's streamed output equals the same device's offline one (``tolerance``)."""
+    return Verdict("streaming", tuple(compare(o, s, window, tolerance) for o, s in zip(offline, streamed)), reason)
+
+
+def fidelity_verdict(simulated: list[QTensor], device: list[QTensor], bounds, reason: str) -> Verdict:
+    """Arithmetic fidelity: every module's offline device output is within its bound of ESP-PPQ's simulation."""
+    frames = simulated[0].data.shape[1]
+    return Verdict("fidelity", tuple(compare(e, d, frames, b) for e, d, b in zip(simulated, device, bounds)), reason,
+                   "bound")

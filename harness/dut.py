@@ -100,7 +100,10 @@ class DeviceLink:
         return seq
 
     def _gone(self, exc: BaseException | None) -> p.ProtocolError:
-        why = self.liveness() or (str(exc) if exc else "")
+        died = self.liveness()
+        if died:  # the device's own process ended: its cause, not the cable
+            return p.ProtocolError(f"{self.name} died: {died}", "see its log; the next case starts a fresh device")
+        why = str(exc) if exc else ""
         return p.ProtocolError(
             f"{self.name} disconnected" + (f" ({why})" if why else ""), "check the board's power and cable, then rerun"
         )
@@ -329,7 +332,12 @@ def load_pipeline(link: DeviceLink, exports: list, window: int, schedule: str, a
 
 
 def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, all_modules: bool) -> StreamResult:
-    """Stream each sequence from a RESET; assemble every reported module's outputs ``[S, T, C]``."""
+    """Stream each sequence from a RESET; assemble every reported module's outputs ``[S, T, C]``.
+
+    A window too large for one OUTPUT arrives in parts (protocol.md section 7.7): they are joined into the
+    window (its timings counted once); a part missing, repeated, out of order or left incomplete is a
+    ``ProtocolError`` (``OutputPartError``) naming the module, the window and the frames.
+    """
     s, t = frames.values.shape[:2]
     reported = list(range(modules)) if all_modules else [modules - 1]
     data: dict[int, np.ndarray] = {}
@@ -340,8 +348,12 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, a
     for seq_index in range(s):
         link.reset()
         seq_steps: list[int] = []
+        parts = p.PartAssembler(link.name)
 
-        def collect(out: p.Output, seq_index=seq_index, seq_steps=seq_steps) -> None:
+        def collect(received: p.Output, seq_index=seq_index, seq_steps=seq_steps, parts=parts) -> None:
+            out = parts.add(received)  # a whole OUTPUT, or a window once its last part is in
+            if out is None:
+                return
             array = out.array()  # [windows * W, C]
             if out.module not in data:
                 data[out.module] = np.zeros((s, t, array.shape[1]), dtype=array.dtype)
@@ -357,6 +369,7 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, a
                     runs[k] += out.windows
 
         link.stream(frames.values[seq_index], collect)
+        parts.finish()  # FLUSH's ACK came: no window may be left half sent
         steps.append(seq_steps)
     expected_windows = s * (t // window)
     for k in reported:
@@ -369,3 +382,25 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, a
     return StreamResult(
         [QTensor(data[k], exponents[k]) for k in reported], list(latency / runs), list(cycles / runs), steps
     )
+
+
+def configure_pipeline(link: DeviceLink, exports: list, frames: Frames, window: int, schedule: str = "round-robin",
+                       all_modules: bool = True, batched: bool = True) -> None:
+    """Upload ``exports`` and configure them as a deployment would: outputs batched to fill OUTPUT messages.
+
+    Streaming exports run in windows of ``window`` frames; offline exports run with ``window`` = the
+    sequence length, each sequence as one window.
+    """
+    n = len(exports)
+    t = frames.values.shape[1]
+    widest = max(e.out_channels for e in (exports if all_modules else exports[-1:]))
+    batch = default_output_batch(link, window, widest, frames.values.dtype.itemsize * 8, n, t // window)
+    load_pipeline(link, exports, window, schedule, all_modules, output_batch=batch if batched else 1,
+                  queue_depth=queue_depth_for(window, n, t))
+
+
+def stream_pipeline(link: DeviceLink, exports: list, frames: Frames, window: int, schedule: str = "round-robin",
+                    all_modules: bool = True, batched: bool = True) -> StreamResult:
+    """``configure_pipeline``, then stream every sequence from a RESET."""
+    configure_pipeline(link, exports, frames, window, schedule, all_modules, batched)
+    return run_sequences(link, frames, window, len(exports), all_modules)

@@ -291,6 +291,27 @@ class Engine:
             return env
         return {o.name: env[o.name] for o in self.outputs}
 
+    def run_each(self, feeds: dict[str, np.ndarray], given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every node run on ``given`` values of its inputs where there are some, not on its producers' results.
+
+        ``given`` maps tensor names to values (e.g. ESP-PPQ's embedded test values); an input without one takes
+        what this same pass computed for it (from given values upstream), graph inputs take ``feeds``. Returns
+        every node's outputs by name: each op's arithmetic checked on its own, so a difference in one op does
+        not travel into the next.
+        """
+        env = {**self._check_feeds(feeds)}
+        out: dict[str, np.ndarray] = {}
+        for plan in self._plans:
+            try:
+                results = plan.fn(*[given[n] if n in given else env[n] for n in plan.inputs])
+            except (ValueError, IndexError, TypeError, KeyError, ArithmeticError) as exc:
+                raise EngineError(f"node {plan.node.name!r} ({plan.node.op_type}) cannot run on its test values: {exc}",
+                                  "re-export the model with esp-ppq") from None
+            out.update(zip(plan.outputs, results))
+            env.update(zip(plan.outputs, results))
+        self.reset()
+        return out
+
     # ------------------------------------------------------------ helpers
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [i.name for i in self.inputs]
@@ -854,18 +875,40 @@ def _pool_windows(x: np.ndarray, kernel, strides, pads, fill):
     return view, oh, ow
 
 
+def avgpool_scale(e_in: int, e_out: int, area: int) -> np.float32:
+    """The float32 factor ESP-DL multiplies an average pool's integer window sum by.
+
+    ``2^e_in * fl32(1 / area) * 2^-e_out`` (esp-dl: dl_base_avg_pool2d.cpp:34-35, the C path every target takes:
+    ``CONFIG_ACCURATE_INFER`` is 1, dl_define_private.hpp:42). A reciprocal, not a division: for an area whose odd
+    part is above 1, ``fl32(1 / area)`` is inexact, so a mean that is exactly halfway between two integers comes
+    out a hair above or below it and is rounded away from the tie. ESP-PPQ divides (torch ``avg_pool``) and rounds
+    the exact tie instead; the two then differ by 1 LSB (e.g. area 56: sum 651 -> 46.500004 -> 47 on the chip,
+    46.5 -> 46 in ESP-PPQ's esp32p4 test value). The engine follows the chip.
+    """
+    return (_dl_scale(e_in) * (_F32(1) / _F32(area))) * _dl_scale(-e_out)
+
+
 def _build_avgpool(eng: Engine, node: Node) -> _Plan:
+    """AveragePool / GlobalAveragePool, int8 and int16, both targets: one C routine (``avgpool2d_hwc``).
+
+    The window sum is exact (int32; padded positions add nothing, the esp32p4 int8 ISA helper for channels % 16 == 0
+    only sums); the divisor is always the full kernel area (count_include_pad=1); then
+    ``sat(round(fl32(float(sum) * avgpool_scale)))`` with the target's float rounding (esp32p4 ``fcvt.w.s rne``,
+    esp32s3 ``floorf(v + 0.5)``).
+    """
     out_type = eng._out_type(node)
     global_pool = node.op_type == "GlobalAveragePool"
     e_in, e_out = eng._exp(node.inputs[0], node), eng._exp(node.outputs[0], node)
+    scales: dict[int, np.float32] = {}
 
     def run(x):
         kernel, strides, pads = _pool_geometry(node, x, global_pool)
         view, oh, ow = _pool_windows(x.astype(np.int64), kernel, strides, pads, 0)
         total = view.sum(axis=(2, 3))  # padded positions add nothing
         area = kernel[0] * kernel[1]  # always the full kernel (count_include_pad=1 on chip)
-        scale = (_dl_scale(e_in) * (_F32(1) / _F32(area))) * _dl_scale(-e_out)
-        y = eng.target.round(total.astype(_F32) * scale)
+        if area not in scales:
+            scales[area] = avgpool_scale(e_in, e_out, area)
+        y = eng.target.round(total.astype(_F32) * scales[area])
         shape = (1, oh, ow, x.shape[-1]) if x.ndim == 4 else (1, ow, x.shape[-1])
         return [_sat(y, out_type).reshape(shape)]
 
@@ -895,15 +938,48 @@ def _axes_of(eng: Engine, node: Node, index: int = 1, attr: str = "axes"):
     return None if value is None else [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
+def reduce_groups(flags: list[bool]) -> list[bool]:
+    """ESP-DL's ReduceBase merge of adjacent axes with the same reduce flag (dl_module_reduce_base.hpp:136-148)."""
+    merged: list[bool] = []
+    for f in flags:
+        if not merged or merged[-1] != f:
+            merged.append(f)
+    return merged
+
+
 def _build_reducemean(eng: Engine, node: Node) -> _Plan:
+    """ReduceMean: ``sat(round(fl32(fl32(float(sum) * 2^e_in) / count) * 2^-e_out))``, a float32 *division*.
+
+    esp-dl: dl_module_reduce_mean.hpp:39-43 (int8 sums in int32, int16 in int64; ``count`` converted to float),
+    C on every target, rounded like the target's ``tool::round``. Unlike AveragePool there is no reciprocal, so an
+    exact tie stays a tie and rounds half to even (esp32p4) or half up (esp32s3), as ESP-PPQ's ``torch.mean`` does.
+    ReduceBase::forward_template (dl_module_reduce_base.hpp:151-262) only writes its output when the merged reduce
+    flags form at most 4 alternating groups; the engine refuses anything else rather than invent a value.
+    """
     out_type = eng._out_type(node)
     axes = _axes_of(eng, node)
     keep = int(node.attributes.get("keepdims", 1))
+    noop = int(node.attributes.get("noop_with_empty_axes", 0) or 0)
     in_scale = _dl_scale(eng._exp(node.inputs[0], node))
     out_scale = _dl_scale(-eng._exp(node.outputs[0], node))
+    checked: set[int] = set()
 
     def run(x):
         ax = tuple(range(x.ndim)) if not axes else tuple(a % x.ndim for a in axes)
+        if x.ndim not in checked:
+            groups = reduce_groups([i in ax and not (noop and not axes) for i in range(x.ndim)])
+            if groups == [False]:
+                raise EngineError(f"ReduceMean {node.name!r} reduces no axis (noop_with_empty_axes); ESP-DL would write "
+                                  f"the mean of the whole tensor to its first element only",
+                                  "remove the no-op ReduceMean from the model")
+            if len(groups) > 4:
+                raise EngineError(
+                    f"ReduceMean {node.name!r} reduces axes {list(ax)} of a rank-{x.ndim} input: {len(groups)} "
+                    f"alternating groups of reduced and kept axes; ESP-DL's ReduceBase handles at most 4 and would "
+                    f"leave the output unwritten",
+                    "reduce adjacent axes (reshape or transpose first), or split it into two ReduceMeans",
+                )
+            checked.add(x.ndim)
         total = x.astype(np.int64).sum(axis=ax, keepdims=bool(keep))
         count = int(np.prod([x.shape[a] for a in ax]))
         y = eng.target.round(((total.astype(_F32) * in_scale) / _F32(count)) * out_scale)

@@ -45,24 +45,100 @@ def check_interface(model: EspdlModel, inputs: dict[str, tuple], outputs: dict[s
             )
 
 
-def check_streaming_caches(model: EspdlModel, path) -> None:
-    """Every temporal op with a window of more than one frame is fed by a StreamingCache of that window."""
+def _time_pads(node) -> tuple[int, int]:
+    """(begin, end) padding of a temporal op on its first spatial (time) axis."""
+    pads = list(node.attributes.get("pads") or [0, 0])
+    return pads[0], pads[len(pads) // 2]
+
+
+def op_window(node) -> int:
+    """Frames a temporal node of an ``.espdl`` looks at (first spatial axis)."""
+    dilations = node.attributes.get("dilations") or [1]
+    return receptive_window(node.attributes["kernel_shape"][0], dilations[0])
+
+
+_REPAIR = ("the harness gives each temporal consumer its own StreamingCache; if you export yourself, pass "
+           "streaming_custom_passes=[harness.export_repairs.per_consumer_caches] or give the consumer a "
+           "streaming_table entry of its own")
+
+
+def check_streaming_structure(model: EspdlModel, path) -> None:
+    """The wiring of an auto-streaming export is one the chip can run, or one line says what is wrong.
+
+    Every StreamingCache feeds only temporal ops whose receptive field is its window and whose time padding
+    is gone; nothing without time context (an Add, a graph output) reads a cache's ``W + context`` frames; every
+    temporal op that looks at more than one frame is fed by such a cache.
+    """
     producers = {out: node for node in model.nodes for out in node.outputs}
+    readers: dict[str, list] = {}
     for node in model.nodes:
-        if node.op_type not in TEMPORAL_OPS:
-            continue
-        window = receptive_window(node.attributes["kernel_shape"][0], node.attributes.get("dilations", [1])[0])
-        if window <= 1:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.outputs}
+    for cache in (n for n in model.nodes if n.op_type == "StreamingCache"):
+        window = int(cache.attributes.get("window_size", 1))
+        out = cache.outputs[0]
+        if out in outputs:
+            raise QuantizationError(
+                f"{path}: graph output '{out}' is StreamingCache '{cache.name}' itself ({window - 1} frames of "
+                f"context plus the window), not the window",
+                _REPAIR,
+            )
+        for reader in readers.get(out, []):
+            if reader.op_type not in TEMPORAL_OPS or reader.inputs[0] != out:
+                raise QuantizationError(
+                    f"{path}: {reader.op_type} '{reader.name}' reads StreamingCache '{cache.name}' (the window plus "
+                    f"{window - 1} cached frames) but has no time context, so it gets {window - 1} frames too many",
+                    _REPAIR,
+                )
+            need = op_window(reader)
+            if need != window:
+                raise QuantizationError(
+                    f"{path}: {reader.op_type} '{reader.name}' sees {need} frames but its StreamingCache "
+                    f"'{cache.name}' keeps a window of {window}",
+                    _REPAIR,
+                )
+            if _time_pads(reader) != (0, 0):
+                raise QuantizationError(
+                    f"{path}: {reader.op_type} '{reader.name}' is fed by a StreamingCache but still pads time by "
+                    f"{list(_time_pads(reader))}, so every window would see zeros instead of its past",
+                    "make the op causal (left padding dilation*(kernel-1), right padding 0) and re-export",
+                )
+    for node in model.nodes:
+        if node.op_type not in TEMPORAL_OPS or op_window(node) <= 1:
             continue
         source = producers.get(node.inputs[0])
-        cache = source.attributes.get("window_size") if source is not None and source.op_type == "StreamingCache" else None
-        if cache != window:
-            got = f"a StreamingCache of {cache} frames" if cache else "no StreamingCache"
+        if source is None or source.op_type != "StreamingCache":
             raise QuantizationError(
-                f"{path}: {node.op_type} '{node.name}' sees {window} frames but gets {got}",
-                "give each temporal op its own input tensor, or set its cache with streaming_table "
-                "(ESP-PPQ shares one cache between consumers of the same tensor)",
+                f"{path}: {node.op_type} '{node.name}' sees {op_window(node)} frames but gets no StreamingCache, "
+                f"so every window would see zeros instead of its past",
+                _REPAIR,
             )
+
+
+def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout: str, path) -> None:
+    """Run the file on zeros with ESP-DL's shape rules: ``output`` of one window has ``window`` frames."""
+    from harness.engine import Engine, EngineError
+
+    try:
+        engine = Engine(model, target)
+    except EngineError:
+        return  # an op the emulator does not run: the board's CONFIGURE checks the shapes
+    try:
+        result = engine.run({i.name: np.zeros(i.shape, dtype=i.dtype) for i in engine.inputs})[output]
+    except EngineError as exc:
+        raise QuantizationError(
+            f"{path}: the streaming model cannot run on one window of {window} frames: {exc.cause}",
+            "check how the sub-model treats the time axis (strides, slices or reductions over time)",
+        ) from None
+    shape = list(result.shape)
+    frames = shape[1] if layout == "NWC" else shape[-1]
+    if len(shape) != 3 or frames != window:
+        raise QuantizationError(
+            f"{path}: output '{output}' is {shape} ({layout}) for a window of {window} frames; a streaming sub-model "
+            f"must return one frame per input frame",
+            "remove time strides or slices over time from the sub-model",
+        )
 
 
 # ---------------------------------------------------------------- chip vs ESP-PPQ lint
@@ -95,8 +171,10 @@ class Finding:
 # Kinds that make the chip's result differ from ESP-PPQ's test values (a mismatch downstream is explained).
 DISAGREEMENT_KINDS = {
     "exponent-mismatch", "s3-saturation", "avgpool-pad", "pool-ceil-mode", "negative-shift", "s3-bias-range",
-    "bias-exponent", "grouped-conv", "lut-exponent",
+    "bias-exponent", "grouped-conv", "lut-exponent", "avgpool-reciprocal", "input-requantized",
 }
+# Of those, the kinds where the chip's result stays within one LSB of ESP-PPQ's at that op.
+ONE_LSB_KINDS = {"avgpool-reciprocal", "input-requantized"}
 
 
 def _exponents(model: EspdlModel, name: str) -> tuple[int, ...] | None:
@@ -209,6 +287,16 @@ def _dense_findings(model: EspdlModel, node, target) -> list[Finding]:
     return findings
 
 
+def _pool_area(model: EspdlModel, node) -> int | None:
+    """The divisor of an average pool (ESP-DL: always the full kernel area), or None for MaxPool / unknown."""
+    if node.op_type == "AveragePool":
+        return int(np.prod(node.attributes.get("kernel_shape") or [1]))
+    if node.op_type == "GlobalAveragePool":
+        info = model.tensor_info(node.inputs[0])
+        return int(np.prod(list(info.shape)[1:-1])) if info is not None and len(info.shape) >= 3 else None
+    return None
+
+
 def lint_model(model: EspdlModel, target) -> list[Finding]:
     """Everything a static look at ``model`` shows the chip ``target`` computes differently from ESP-PPQ."""
     from harness.targets import Target, get_target
@@ -229,18 +317,36 @@ def lint_model(model: EspdlModel, target) -> list[Finding]:
                     f"Mul {node.name}: output exponent {eo[0]} < {e0[0]} + {e1[0]}; the chip's SIMD kernel cannot "
                     f"shift left, ESP-PPQ computes it exactly",
                 ))
-        if op in ("AveragePool", "MaxPool"):
+        if op in ("AveragePool", "MaxPool", "GlobalAveragePool"):
             a = node.attributes
             if int(a.get("ceil_mode", 0) or 0):
                 findings.append(Finding(
                     node.name, "pool-ceil-mode",
                     f"{op} {node.name}: ceil_mode=1, but ESP-DL sizes the output with floor (fewer frames)",
                 ))
+            area = _pool_area(model, node)
+            if area is not None and area & (area - 1):
+                findings.append(Finding(
+                    node.name, "avgpool-reciprocal",
+                    f"{op} {node.name}: the chip multiplies each window's sum by float32 1/{area} (not exact), ESP-PPQ "
+                    f"divides by {area}; where the mean lies exactly halfway between two integers they may round "
+                    f"1 LSB apart",
+                ))
             if op == "AveragePool" and any(a.get("pads") or []) and not int(a.get("count_include_pad", 0) or 0):
                 findings.append(Finding(
                     node.name, "avgpool-pad",
                     f"AveragePool {node.name}: padded with count_include_pad=0; the chip always divides by the full "
                     f"kernel area, ESP-PPQ by the valid count",
+                ))
+        if op == "RequantizeLinear" and node.inputs and node.inputs[0] in {i.name for i in model.inputs}:
+            e_in, e_out = _exponents(model, node.inputs[0]), _exponents(model, node.outputs[0])
+            if e_in and e_out and e_in[0] != e_out[0]:
+                findings.append(Finding(
+                    node.name, "input-requantized",
+                    f"RequantizeLinear {node.name}: graph input {node.inputs[0]} is requantized from exponent {e_in[0]} "
+                    f"to {e_out[0]} for a reader quantized differently (the harness inserts it: ESP-PPQ would have the "
+                    f"chip read the raw integers); ESP-PPQ's simulation reads the input without this rounding, so "
+                    f"the reader's result may differ by 1 LSB",
                 ))
         table = node.attributes.get("lut")
         if table and table in model.initializers and node.outputs:

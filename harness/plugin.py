@@ -121,6 +121,8 @@ def _settings(config: pytest.Config) -> Settings:
             if error:
                 raise HarnessError(f"--window-sizes: {error}", "pass window sizes that divide it")
     frames = config.getoption("frames")
+    if frames:
+        _check_frames(under_root(frames), specs, windows)
     cache = config.getoption("cache_dir")
     dut, dut_reason, ports = _choose_dut(config.getoption("dut"), [t.name for t in targets], config.getoption("port"))
     return Settings(
@@ -134,6 +136,19 @@ def _settings(config: pytest.Config) -> Settings:
         dut_reason=dut_reason,
         ports=ports,
     )
+
+
+def _check_frames(path: Path, specs: list[ModelSpec], windows: list[int]) -> None:
+    """A ``--frames`` file every selected model can stream at every window size, or one line why not."""
+    from harness.frames import check_frames_shape, load_frames_file
+
+    floats = load_frames_file(path)
+    for spec in specs:
+        length = check_frames_shape(floats, path, spec).shape[1]
+        bad = [w for w in windows if length % w]
+        if bad:
+            raise HarnessError(f"--frames {path}: sequences of {length} frames cannot be cut into windows of "
+                               f"{', '.join(map(str, bad))} frames", "pass --window-sizes that divide it")
 
 
 def _choose_dut(requested: str, targets: list[str], port_option: str | None) -> tuple[str, str, dict]:
@@ -170,6 +185,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS] = _settings(config)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Recorder(config), "espdl-hil-recorder")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -205,6 +222,8 @@ class HilSession:
     _references: dict = field(default_factory=dict)
     _boards: dict = field(default_factory=dict)
     _firmware: dict = field(default_factory=dict)
+    _fidelity: dict = field(default_factory=dict)
+    _offline: dict = field(default_factory=dict)  # (target, model, device) -> outputs of the offline exports on it
     warned: set = field(default_factory=set)  # lint findings already shown
 
     def __post_init__(self) -> None:
@@ -215,7 +234,7 @@ class HilSession:
         self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets])
 
     def frames(self, qm):
-        from harness.frames import frames_from_file, generate_frames, save_frames
+        from harness.frames import FramesWarning, frames_from_file, generate_frames, save_frames
 
         key = (qm.spec.name, qm.target.name)
         if key not in self._frames:
@@ -223,6 +242,8 @@ class HilSession:
             frames = frames_from_file(qm, path) if path else generate_frames(qm)
             save_frames(frames, self.settings.artifacts_dir / f"{qm.target.name}-{qm.spec.name}")
             self._frames[key] = frames
+            if frames.saturation_warning():
+                warnings.warn(FramesWarning(f"{qm.target.name} {qm.spec.name}: {frames.saturation_warning()}"))
         return self._frames[key]
 
     def reference(self, qm):
@@ -233,14 +254,40 @@ class HilSession:
             self._references[key] = offline_reference(qm, self.frames(qm))
         return self._references[key]
 
+    def fidelity(self, qm):
+        """ESP-DL's bound on |device offline - ESP-PPQ| for ``qm`` on its frames (``harness.fidelity``)."""
+        from harness.fidelity import fidelity_bound
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._fidelity:
+            self._fidelity[key] = fidelity_bound(qm, self.frames(qm))
+        return self._fidelity[key]
+
     def board(self, target: str):
-        """The virtual board serving ``target`` (started on first use, one per target)."""
+        """The virtual board serving ``target``: started on first use, and again after one died or was retired."""
         from harness.virtual_board import VirtualBoard
 
-        if target not in self._boards:
+        board = self._boards.get(target)
+        if board is None or board.exit_reason() is not None:
+            if board is not None:
+                board.stop()
             log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
             self._boards[target] = VirtualBoard(target, log).start()
         return self._boards[target]
+
+    def offline_on(self, device, case, run):
+        """The offline exports' outputs on ``device`` for ``case``'s model: ``run()`` once per device and model."""
+        key = (case.target.name, case.spec.name, device.name)
+        if key not in self._offline:
+            self._offline[key] = run()
+        return self._offline[key]
+
+    def device_failed(self, name: str, virtual_target: str | None = None) -> None:
+        """A case failed on device ``name``: forget what it computed; a virtual board gets a fresh process."""
+        self._offline = {k: v for k, v in self._offline.items() if k[2] != name}
+        board = self._boards.pop(virtual_target, None) if virtual_target else None
+        if board is not None:
+            board.stop()
 
     def firmware(self, target: str):
         """The runner built for ``target`` (built at most once per session, and only if its sources changed)."""
@@ -291,13 +338,7 @@ def streaming_exports(hil_case: Case, hil_session: HilSession, quantized_model):
 @pytest.fixture
 def frames(hil_case: Case, hil_session: HilSession, quantized_model):
     """Stage 3: the quantized input frames (saved as .npy + manifest in the artifacts dir)."""
-    frames = hil_session.frames(quantized_model)
-    if frames.sequence_length % hil_case.window:
-        raise HarnessError(
-            f"window size {hil_case.window} does not divide the {frames.sequence_length} frames per sequence of {frames.source}",
-            "choose window sizes that divide the sequence length",
-        )
-    return frames
+    return hil_session.frames(quantized_model)  # --frames was checked against every window at start-up
 
 
 @pytest.fixture
@@ -307,24 +348,66 @@ def reference(hil_session: HilSession, quantized_model, frames):
 
 
 @pytest.fixture
+def offline_exports(hil_session: HilSession, quantized_model, frames):
+    """Stage 1: the offline sub-models exported for whole sequences (run on the DUT as one window each)."""
+    return hil_session.quantizer.offline_exports(quantized_model, frames.sequence_length)
+
+
+@pytest.fixture
+def fidelity(hil_session: HilSession, quantized_model, frames):
+    """ESP-DL's bound on |device offline - ESP-PPQ| per sub-model, with its reason (``harness.fidelity``)."""
+    return hil_session.fidelity(quantized_model)
+
+
+@pytest.fixture
 def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession):
-    """Stage 4: a freshly reset streaming runner for the case's target, behind pytest-embedded's serial DUT."""
+    """Stage 4: a freshly reset streaming runner for the case's target, behind pytest-embedded's serial DUT.
+
+    A case that fails costs only itself: afterwards the virtual board process is replaced, so the next
+    case starts on a fresh device (a board is reset, greeted and given its models again by every case).
+    """
     target = hil_case.target.name
     if hil_session.settings.dut == "virtual":
-        with open_virtual_board(hil_session.board(target)) as link:
+        board = hil_session.board(target)
+        with open_virtual_board(board) as link:
             yield link
+        if _failed(request.node) or board.exit_reason():
+            hil_session.device_failed(link.name, target)
     else:
         port = hil_session.settings.ports[target][request.node.stash.get(BOARD_INDEX, 0)]
         with open_board(hil_session.firmware(target), port) as link:
             yield link
+        if _failed(request.node):
+            hil_session.device_failed(link.name)
+
+
+@pytest.fixture
+def device_offline(hil_case: Case, hil_session: HilSession, offline_exports, frames, device):
+    """Stage 4: what the same device computes on the offline exports, each sequence as one window.
+
+    Memoized per device: it does not depend on the case's window size.
+    """
+    from harness.dut import stream_pipeline
+
+    return hil_session.offline_on(device, hil_case, lambda: stream_pipeline(device, offline_exports, frames,
+                                                                             frames.sequence_length))
+
+
+def _failed(item: pytest.Item) -> bool:
+    return any(r.failed for r in item.stash.get(PHASES, {}).values())
 
 
 @contextlib.contextmanager
 def open_virtual_board(board):
     """The virtual board behind pytest-embedded's ``serial`` service on its pty, reset and greeted."""
-    dut = _create_dut(embedded_services="serial", port=board.port)
-    # closed on the way out: nothing may read the port once the case is done, not even a redirect thread
-    with contextlib.closing(dut.serial), dut.serial.disable_redirect_thread():
+    try:
+        dut = _create_dut(embedded_services="serial", port=board.port)
+    except HarnessError:
+        if board.exit_reason():  # the process died before the port could be opened: its cause, not the cable
+            raise HarnessError(f"virtual {board.target} board died: {board.exit_reason()}",
+                               "see its log; the next case starts a fresh virtual board") from None
+        raise
+    with _owned(dut.serial):
         link = _link(dut, f"virtual {board.target} board", board.exit_reason)
         _expect_runner(link, boot_and_hello(link, board.reset), board.target)
         yield link
@@ -336,7 +419,7 @@ def open_board(firmware, port: str):
     name = f"{firmware.target} board on {port}"
     dut = _create_dut(embedded_services="esp,idf", app_path=str(firmware.build_dir.parent),
                       build_dir=firmware.build_dir.name, target=firmware.target, port=port, skip_autoflash=True)
-    with contextlib.closing(dut.serial), dut.serial.disable_redirect_thread():
+    with _owned(dut.serial):
         if firmware.baud:  # esptool connected at the ROM's speed; the runner speaks at its own
             dut.serial.proc.baudrate = firmware.baud
         link = _link(dut, name, None)
@@ -351,6 +434,19 @@ def open_board(firmware, port: str):
                 )
         _expect_runner(link, info, firmware.target)
         yield link
+
+
+@contextlib.contextmanager
+def _owned(serial):
+    """The port is the link's alone while the case runs (pytest-embedded's reader stopped) and closed after it.
+
+    Closed, not handed back: a reader restarted on a port whose device died would spend seconds reconnecting.
+    """
+    serial.stop_redirect_thread()
+    try:
+        yield serial
+    finally:
+        serial.close()
 
 
 def _link(dut, name: str, liveness):
@@ -386,30 +482,109 @@ def _create_dut(**kwargs):
 
 @pytest.fixture
 def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession, quantized_model):
-    """Stage 5: record a comparison in session.json (and save the streams for the case)."""
+    """Stage 5: record what a case measured (into session.json via its pytest report) and save its streams.
 
-    def record(result, expected=None, streamed=None, **extra) -> None:
+    ``record(*verdicts, arrays={name: QTensor}, **fields)``: each ``harness.compare.Verdict`` contributes its
+    fields; a plain ``Comparison`` (one question, e.g. the host check) its figures.
+    """
+
+    def record(*results, arrays: dict | None = None, **extra) -> None:
         import numpy as np
+
+        from harness.compare import Comparison
 
         directory = hil_session.settings.artifacts_dir / "cases" / f"{request.node.originalname}[{hil_case.id}]"
         directory.mkdir(parents=True, exist_ok=True)
-        if expected is not None:
-            np.save(directory / "expected.npy", expected.data)
-        if streamed is not None:
-            np.save(directory / "streamed.npy", streamed.data)
-        hil_session.report.add_case(
-            hil_case.id,
-            request.node.originalname,
-            hil_case.target.name,
-            hil_case.spec.name,
-            hil_case.window,
-            result,
-            tolerance_reason=quantized_model.tolerance_reason or None,
-            lint=[f"module {m.index}: {f}" for m in quantized_model.modules for f in m.lint],
-            **extra,
-        )
+        for name, tensor in (arrays or {}).items():
+            np.save(directory / f"{name}.npy", tensor.data)
+        fields = {"tolerance_reason": quantized_model.tolerance_reason or None,
+                  "lint": [f"module {m.index}: {f}" for m in quantized_model.modules for f in m.lint]}
+        for result in results:
+            fields.update(comparison_fields(result) if isinstance(result, Comparison) else result.fields())
+        request.node.stash.setdefault(CASE, {}).update(fields, **extra)
 
     return record
+
+
+def comparison_fields(c) -> dict:
+    """session.json figures of one comparison (the fields every measured case has)."""
+    return {
+        "max_abs_lsb": c.max_abs_lsb, "mismatches": c.mismatches, "exponent_match": c.exponent_match,
+        "differing": c.differing, "total": c.total, "tolerance_lsb": c.tolerance_lsb, "snr_db": c.snr_db,
+        "first_divergence": c.first_divergence,
+    }
+
+
+CASE = pytest.StashKey[dict]()  # what a case measured
+PHASES = pytest.StashKey[dict]()  # its setup/call/teardown reports
+
+
+def _identity(item: pytest.Item) -> dict | None:
+    """Which HIL case an item is (None for the harness's own tests)."""
+    params = getattr(item, "callspec", None) and item.callspec.params
+    case = (params or {}).get("hil_case") or (params or {}).get("hil_model")
+    if case is None:
+        return None
+    identity = {"id": case.id, "test": item.originalname, "target": case.target.name, "model": case.spec.name,
+                "window": getattr(case, "window", None)}
+    frames = _hil_session(item.config)._frames.get((case.spec.name, case.target.name))
+    if frames is not None:  # what the case streamed (or would have)
+        identity.update(input_saturation=frames.saturation, warnings=[w for w in [frames.saturation_warning()] if w])
+    return identity
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Every phase report of a HIL case carries the case and its measurements (xdist ships them to the controller)."""
+    report = yield
+    item.stash.setdefault(PHASES, {})[report.when] = report
+    identity = _identity(item)
+    if identity is not None:
+        report.espdl_hil = _plain({**identity, **item.stash.get(CASE, {})})
+    return report
+
+
+def _plain(data: dict) -> dict:
+    """Only JSON types (numpy scalars and arrays converted): what xdist can ship and session.json can hold."""
+    import json
+
+    def convert(value):
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"cannot record {type(value).__name__} in session.json")
+
+    return json.loads(json.dumps(data, default=convert))
+
+
+class Recorder:
+    """The controller's side of the report: pytest's reports in, ``session.json`` entries out.
+
+    Registered only in the process that writes the report (not in pytest-xdist workers), so it sees each
+    report once: its own, or the ones xdist relays from the workers.
+    """
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    @property
+    def report(self):
+        return _hil_session(self.config).report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        category = self.config.hook.pytest_report_teststatus(report=report, config=self.config)[0]
+        self.report.add_report(report, category)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:  # pytest counts a collection error as an error of the run
+            self.report.other_tests["error"] = self.report.other_tests.get("error", 0) + 1
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """pytest-xdist: a worker's stage counters (calibrations, exports) arrive with its shutdown."""
+        counts = getattr(node, "workeroutput", {}).get("espdl_hil")
+        if counts:
+            self.report.calibrations += counts["calibrations"]
+            self.report.exports += counts["exports"]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -419,8 +594,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     hil = _hil_session(config)
     hil.close()
-    worker = getattr(config, "workerinput", {}).get("workerid")
-    hil.report.write(settings.artifacts_dir, hil.quantizer.calibrations, hil.quantizer.exports, worker)
+    if hasattr(config, "workerinput"):  # the controller writes the report
+        config.workeroutput["espdl_hil"] = {"calibrations": hil.quantizer.calibrations, "exports": hil.quantizer.exports}
+        return
+    hil.report.calibrations += hil.quantizer.calibrations
+    hil.report.exports += hil.quantizer.exports
+    hil.report.write(settings.artifacts_dir)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

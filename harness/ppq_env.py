@@ -76,6 +76,46 @@ def captured_layouts() -> Iterator[dict[str, str]]:
         del info.reset
 
 
+def precise_copy(graph):
+    """Copy of an int16 graph whose quantized ops compute in float64 (ESP-PPQ's high-precision int16 mode).
+
+    ESP-PPQ's float32 sums of int16 products are inexact, and how they round depends on how many frames
+    a conv sees at once. Only the executor's float width changes: every rounding comes from the ops'
+    quantization configs. ESP-PPQ 1.3.12 registers no executor for its esp32p4 high-precision platform
+    (``ESPDL_H_PRE_INT16``), so the esp32s3 one, which differs only in its rounding policy, stands in.
+    """
+    from esp_ppq.core import TargetPlatform
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    copy = graph.copy()
+    for op in copy.operations.values():
+        if isinstance(op, QuantableOperation):
+            op.platform = TargetPlatform.ESPDL_S3_H_PRE_INT16
+    return copy
+
+
+@contextlib.contextmanager
+def repaired_exports() -> Iterator[None]:
+    """ESP-PPQ's exporter with ``harness.export_repairs.RequantGraphInputs`` in place of its requantize pattern.
+
+    The exporter looks its post-export patterns up by name in its own module at every export, so swapping
+    that one name is enough; the swap is checked, and undone afterwards.
+    """
+    import esp_ppq.parser.espdl_exporter as exporter
+    from esp_ppq.parser.espdl.export_patterns import InsertRequantNodePattern
+
+    from harness.export_repairs import requant_graph_inputs_pattern
+
+    if getattr(exporter, "InsertRequantNodePattern", None) is not InsertRequantNodePattern:
+        raise QuantizationError("ESP-PPQ's exporter no longer uses InsertRequantNodePattern by name",
+                                "pin esp-ppq 1.3.12 (requirements.txt) or update harness/ppq_env.py")
+    exporter.InsertRequantNodePattern = requant_graph_inputs_pattern()
+    try:
+        yield
+    finally:
+        exporter.InsertRequantNodePattern = InsertRequantNodePattern
+
+
 class _Tee(io.TextIOBase):
     """Collects everything ESP-PPQ writes, for the log file and the [ERROR] scan."""
 

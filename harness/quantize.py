@@ -40,9 +40,10 @@ from typing import Callable
 
 from harness.errors import ConfigError, QuantizationError, StreamingError
 from harness.espdl import load_espdl
-from harness.lint import check_interface, check_streaming_caches, lint_model
-from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call
+from harness.lint import check_frame_rate, check_interface, check_streaming_structure, lint_model
+from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call, repaired_exports
 from harness.spec import ModelSpec
+from harness.export_repairs import bound_config, check_causal, fold_shared_pads, per_consumer_caches
 from harness.targets import Target
 
 PASSIVE_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad"}
@@ -104,6 +105,7 @@ class StreamingExport:
     in_exponent: int
     out_exponent: int
     layouts: dict[str, str]  # on-chip layout of input/output/cache tensors: "NWC" (frame axis 1) or "NCW" (axis 2)
+    out_channels: int  # channels of one output frame
     lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation
 
 
@@ -125,9 +127,9 @@ def var_config(graph, name: str):
     op = var.source_op
     if isinstance(op, QuantableOperation):
         return op.output_quant_config[op.outputs.index(var)]
-    for op in var.dest_ops:
-        if isinstance(op, QuantableOperation):
-            return op.input_quant_config[op.inputs.index(var)]
+    config = bound_config(graph, var)  # a graph input: its first quantized reader's
+    if config is not None:
+        return config
     raise QuantizationError(f"tensor '{name}' is not quantized", "check the model's dispatching (all ops int)")
 
 
@@ -138,7 +140,7 @@ def var_exponent(graph, name: str) -> int:
 def harness_digest() -> str:
     """What, besides the model, decides the artifacts: this code and the tool versions."""
     h = hashlib.sha256()
-    for src in ("quantize.py", "ppq_env.py"):
+    for src in ("quantize.py", "ppq_env.py", "export_repairs.py"):
         h.update((Path(__file__).parent / src).read_bytes())
     for dist in _VERSIONED:
         h.update(f"{dist}={metadata.version(dist)}".encode())
@@ -179,7 +181,7 @@ class Quantizer:
         ).hexdigest()
         directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
         with _exclusive(directory):  # parallel workers (pytest-xdist) calibrate a model once, not once each
-            if not (directory / "manifest.json").is_file():
+            if not _intact(directory):  # missing, or damaged since it was written: calibrate again
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
                 self._build(spec, target, submodels, staging)
@@ -203,7 +205,8 @@ class Quantizer:
                 outputs, test_output = sub(sequences), sub(test_input)
             name = f"m{k}"
             onnx_path = out / f"{name}.offline.onnx"
-            self._export_onnx(sub, [sequences[:1]], onnx_path, OFFLINE_IO, out / "logs" / f"{name}.onnx.log")
+            self._export_onnx(sub, [sequences[:1]], onnx_path, OFFLINE_IO, out / "logs" / f"{name}.onnx.log",
+                              fold_pads=spec.streaming == "auto")
             locks = (lambda g, s=prev_scale: {"input": s}) if prev_scale is not None else None
             offline, _ = self._quantize(
                 onnx_path, platform, spec.bits, [s.unsqueeze(0) for s in sequences], [test_input], locks,
@@ -233,11 +236,12 @@ class Quantizer:
             sequences, test_input = outputs, test_output
         manifest["tolerance_lsb"], manifest["tolerance_reason"] = spec.tolerance_lsb, spec.tolerance_reason
         out.mkdir(parents=True, exist_ok=True)
+        manifest["files"] = {p.name: _file_sha256(p) for p in sorted(out.glob("m*.*")) if p.suffix in _CACHED}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if residual_graphs:
             _measure_residual(spec, target, out)
 
-    def _export_onnx(self, module, example: list, path: Path, io_names, log: Path) -> None:
+    def _export_onnx(self, module, example: list, path: Path, io_names, log: Path, fold_pads: bool = False) -> None:
         import onnx
         import torch
         from onnxsim import simplify
@@ -249,8 +253,10 @@ class Quantizer:
                 input_names=io_names[0], output_names=io_names[1],
             )
             simplified, ok = simplify(onnx.load(str(path)))
-            if ok:
-                onnx.save(simplified, str(path))
+            model = simplified if ok else onnx.load(str(path))
+            if fold_pads and fold_shared_pads(model):
+                onnx.checker.check_model(model)
+            onnx.save(model, str(path))
 
     def _quantize(self, onnx_path: Path, platform, bits: int, calib: list, example: list,
                   locks: Callable | None, log: Path):
@@ -319,9 +325,9 @@ class Quantizer:
         import esp_ppq.lib as PFL
         from esp_ppq.api import generate_test_value
 
-        names = [v.name for v in graph.variables.values() if not v.is_parameter]
+        names = computed_tensors(graph)
         while True:
-            with ppq_call(f"export {path.name}", path.with_suffix(".export.log")):
+            with ppq_call(f"export {path.name}", path.with_suffix(".export.log")), repaired_exports():
                 values = generate_test_value(graph, DEVICE, [test_input], names)
                 PFL.Exporter(platform=platform).export(str(path), graph, values_for_test=values, export_config=True)
             model = load_espdl(path)
@@ -335,60 +341,78 @@ class Quantizer:
     # ----------------------------------------------------------------- exports
     def streaming_exports(self, qm: QuantizedModel, window: int) -> list[StreamingExport]:
         """One streaming ``.espdl`` per sub-model for ``window`` frames (cached)."""
-        memo = (qm.key, window)
-        if memo in self._exports:
-            return self._exports[memo]
         error = qm.spec.window_error(window)
         if error:
             raise ConfigError(error, "pick window sizes that divide it (--window-sizes)")
-        directory = qm.directory / f"W{window}"
+        return self._exports_of(qm, f"W{window}", lambda m, out: self._export_module(qm, m, window, True, out))
+
+    def offline_exports(self, qm: QuantizedModel, frames: int) -> list[StreamingExport]:
+        """The offline (cache-free) sub-models exported for ``frames`` frames, run as one window (cached).
+
+        The same quantized graphs the streaming files come from: what a DUT computes on them is the
+        offline result the streamed one must equal.
+        """
+        return self._exports_of(qm, f"T{frames}", lambda m, out: self._export_module(qm, m, frames, False, out))
+
+    def _exports_of(self, qm: QuantizedModel, kind: str, export: Callable) -> list[StreamingExport]:
+        memo = (qm.key, kind)
+        if memo in self._exports:
+            return self._exports[memo]
+        directory = qm.directory / kind
         manifest = directory / "manifest.json"
         with _exclusive(directory):
-            if not manifest.is_file():
+            exports = _verified_exports(manifest, qm.target)
+            if exports is None:  # missing, or damaged since it was written: build it again
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
-                entries = [self._export_streaming(qm, m, window, staging) for m in qm.modules]
+                entries = [export(m, staging) for m in qm.modules]
                 (staging / "manifest.json").write_text(json.dumps(entries, indent=2))
                 shutil.rmtree(directory, ignore_errors=True)
                 os.replace(staging, directory)
-        exports = [_exported(directory / e["path"], e, qm.target) for e in json.loads(manifest.read_text())]
+                exports = _verified_exports(manifest, qm.target)
         self._exports[memo] = exports
         return exports
 
-    def _export_streaming(self, qm: QuantizedModel, m: ModuleArtifacts, window: int, out: Path) -> dict:
+    def _export_module(self, qm: QuantizedModel, m: ModuleArtifacts, frames: int, streaming: bool, out: Path) -> dict:
+        """Export module ``m`` for windows of ``frames`` frames: streaming (with its state) or offline."""
         import esp_ppq.lib as PFL
 
         platform = qm.target.ppq_platform(qm.bits)
         path = out / f"m{m.index}.espdl"
-        shape = [1, m.in_channels, window]
+        shape = [1, m.in_channels, frames]
+        what = f"for window {frames}" if streaming else f"offline for {frames} frames"
+        stateful = streaming and m.streaming_graph is not None
+        auto = streaming and qm.spec.streaming == "auto"
+        graph = m.streaming_graph if stateful else m.offline_graph
+        if auto:
+            check_causal(graph, f"module {m.index} of '{qm.spec.name}'")
         with (
-            ppq_call(f"export {qm.spec.name} module {m.index} for window {window}", out / f"m{m.index}.export.log"),
+            ppq_call(f"export {qm.spec.name} module {m.index} {what}", out / f"m{m.index}.export.log"),
+            repaired_exports(),
             captured_layouts() as layouts,
         ):
             exporter = PFL.Exporter(platform=platform)
-            if m.streaming_graph is not None:  # explicit caches: the locked streaming graph at this window
-                _retrace(m.streaming_graph, {"input": shape, "cache": [1, *m.cache_shape]})
-                exporter.export(str(path), m.streaming_graph, export_config=True)
-            elif qm.spec.streaming == "auto":  # ESP-PPQ inserts StreamingCache ops into a copy
-                graph_input = m.offline_graph.variables["input"]
+            if stateful:  # explicit caches: the locked streaming graph at this window
+                _retrace(graph, {"input": shape, "cache": [1, *m.cache_shape]})
+                exporter.export(str(path), graph, export_config=True)
+            elif auto:  # ESP-PPQ inserts StreamingCache ops into a copy, one per temporal consumer
+                graph_input = graph.variables["input"]
                 offline_shape = list(graph_input.shape)
                 # the exporter wants exactly one differing dimension, also when window == sequence length
                 graph_input.shape = [1, m.in_channels, -1]
                 try:
-                    exporter.export(str(path), m.offline_graph, auto_streaming=True,
-                                    streaming_input_shape=shape, export_config=True)
+                    exporter.export(str(path), graph, auto_streaming=True, streaming_input_shape=shape,
+                                    streaming_custom_passes=[per_consumer_caches], export_config=True)
                 finally:
                     graph_input.shape = offline_shape
-            else:  # explicit model, stateless module: the offline graph at this window
-                _retrace(m.offline_graph, {"input": shape})
+            else:  # no state: the offline graph at this length
+                _retrace(graph, {"input": shape})
                 try:
-                    exporter.export(str(path), m.offline_graph, export_config=True)
+                    exporter.export(str(path), graph, export_config=True)
                 finally:
-                    _retrace(m.offline_graph, {"input": [1, m.in_channels, qm.spec.sequence_length]})
+                    _retrace(graph, {"input": [1, m.in_channels, qm.spec.sequence_length]})
         self.exports += 1
-        graph = m.streaming_graph if m.streaming_graph is not None else m.offline_graph
-        stateful = m.streaming_graph is not None
         names = ["input", "output", *(["cache", "cache_out"] if stateful else [])]
         missing = [n for n in names if layouts.get(n) not in ("NWC", "NCW")]
         if missing:
@@ -397,16 +421,17 @@ class Quantizer:
                 "streaming models must take and return [1, channels, frames] tensors",
             )
         exps = {n: var_exponent(graph, n) for n in names}
-        inputs = {n: (frame_shape(layouts[n], window, m.in_channels) if n == "input" else None, exps[n]) for n in names[::2]}
+        inputs = {n: (frame_shape(layouts[n], frames, m.in_channels) if n == "input" else None, exps[n]) for n in names[::2]}
         model = load_espdl(path)
         check_interface(model, inputs, {n: exps[n] for n in names[1::2]}, path)
-        if qm.spec.streaming == "auto":
-            check_streaming_caches(model, path)
+        if auto:
+            check_streaming_structure(model, path)
+        check_frame_rate(model, qm.target, frames, "output", layouts["output"], path)
         return {
             "module": m.index,
-            "window": window,
+            "window": frames,
             "path": path.name,
-            "sha256": model.sha256,
+            "sha256": _file_sha256(path),
             "input": "input",
             "output": "output",
             "cache_input": "cache" if stateful else None,
@@ -414,7 +439,35 @@ class Quantizer:
             "in_exponent": exps["input"],
             "out_exponent": exps["output"],
             "layouts": {n: layouts[n] for n in names},
+            "out_channels": m.out_channels,
         }
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_CACHED = (".espdl", ".native")  # what a quantized cache entry's manifest vouches for
+
+
+def _intact(directory: Path) -> bool:
+    """A quantized cache entry whose manifest exists and whose every file still has its recorded sha256."""
+    try:
+        files = json.loads((directory / "manifest.json").read_text())["files"]
+        return bool(files) and all(_file_sha256(directory / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _verified_exports(manifest: Path, target: Target) -> list[StreamingExport] | None:
+    """The cached exports a manifest lists, or None when it or any file is missing or changed."""
+    try:
+        entries = json.loads(manifest.read_text())
+        if any(_file_sha256(manifest.parent / e["path"]) != e["sha256"] for e in entries):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [_exported(manifest.parent / e["path"], e, target) for e in entries]
 
 
 def _exported(path: Path, entry: dict, target: Target) -> StreamingExport:
@@ -520,7 +573,7 @@ def corresponding_scales(offline, streaming) -> dict:
 
     def corresponds(op, twin) -> bool:
         return (
-            twin.type == op.type
+            op.type in (twin.type, twin.attributes.get("original_op_type"))  # int16 activations become LUT ops
             and len(twin.inputs) == len(op.inputs)
             and all(
                 a.is_parameter == b.is_parameter
@@ -579,6 +632,12 @@ def locked_exponents(offline, streaming) -> dict[str, tuple[int, int]]:
     return out
 
 
+def computed_tensors(graph) -> list[str]:
+    """Every tensor a run of ``graph`` computes (graph inputs included; not an absent optional input, named '')."""
+    return [v.name for v in graph.variables.values()
+            if not v.is_parameter and v.name and (v.source_op is not None or v.name in graph.inputs)]
+
+
 def _retrace(graph, shapes: dict[str, list[int]]) -> None:
     """Give every variable the shape it has for these input shapes (the exporter writes them)."""
     import torch
@@ -586,7 +645,7 @@ def _retrace(graph, shapes: dict[str, list[int]]) -> None:
 
     for name, shape in shapes.items():
         graph.variables[name].shape = shape
-    names = [v.name for v in graph.variables.values() if not v.is_parameter]
+    names = computed_tensors(graph)
     values = TorchExecutor(graph, device=DEVICE).forward({n: torch.zeros(s) for n, s in shapes.items()}, output_names=names)
     for n, v in zip(names, values):
         graph.variables[n].shape = list(v.shape)
@@ -650,8 +709,7 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
 def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
     """Some streaming tensors could not be locked: measure the residual they cause, make it the tolerance."""
     from harness.frames import generate_frames
-    from harness.reference import offline_reference
-    from harness.streaming import stream_on_host
+    from harness.streaming import offline_on_host, stream_on_host
 
     qm = _load(spec, target, "", directory)
     frames = generate_frames(qm, seed=spec.seed + 1000, sequences=spec.calibration_sequences)
@@ -659,7 +717,7 @@ def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
     for w in range(1, spec.sequence_length + 1):
         if spec.window_error(w) is None:
             streamed = stream_on_host(qm, frames, w)
-            expected = offline_reference(qm, frames)
+            expected = offline_on_host(qm, frames)
             worst = max(worst, int(abs(streamed[-1].data.astype(int) - expected[-1].data.astype(int)).max()))
     unlocked = sorted({n for m in qm.modules for n in m.unlocked})
     manifest = json.loads((directory / "manifest.json").read_text())

@@ -30,12 +30,15 @@ def to_chip_output(y, exponent: int, bits: int) -> np.ndarray:
     return np.clip(q, lo, hi).astype(int_dtype(bits))
 
 
-def offline_reference(qm, frames: Frames) -> list[QTensor]:
-    """Each sub-model's offline output for every sequence: ``QTensor([S, T, C])`` per module."""
+def offline_reference(qm, frames: Frames, graphs: list | None = None) -> list[QTensor]:
+    """Each sub-model's offline output for every sequence: ``QTensor([S, T, C])`` per module.
+
+    ``graphs`` replaces the modules' offline graphs (e.g. by copies that compute in float64).
+    """
     import_ppq()
     from esp_ppq.executor import TorchExecutor
 
-    executors = [TorchExecutor(m.offline_graph, device=DEVICE) for m in qm.modules]
+    executors = [TorchExecutor(g, device=DEVICE) for g in (graphs or [m.offline_graph for m in qm.modules])]
     per_module: list[list[np.ndarray]] = [[] for _ in qm.modules]
     for seq in frames.values:
         x = to_graph_input(seq, frames.exponent)

@@ -1,16 +1,21 @@
 """Host streaming-equivalence: step the streaming sub-models window by window on the host.
 
 This is the model-level check to run before touching hardware ("is my
-``streaming_forward`` right?"): the same quantized graphs the chip gets, fed
-one window of frames at a time with state carried, in ESP-PPQ's simulator.
+streaming model right?"): the quantized graphs the chip gets, fed one window
+of frames at a time with state carried, in ESP-PPQ's simulator, against the
+same simulator on whole sequences.
 
 * explicit caches: the locked streaming graph runs per window; each module's
   ``cache_out`` is fed back as its ``cache`` on the next window (zeros first).
-* auto streaming: ESP-DL's ``StreamingCache`` is emulated on a copy of the
-  offline graph exactly as ESP-PPQ's exporter places it: every Conv/AveragePool/
-  MaxPool whose window ``dilation*(kernel-1)+1`` exceeds one frame loses its
-  time padding and gets the last ``window-1`` input frames (zeros at the
-  start) prepended.
+* auto streaming: the wiring is read from the exported streaming ``.espdl``,
+  so the check sees what the chip will see: every ``StreamingCache`` node of
+  the file becomes a cache (zero-initialised, last ``window - 1`` frames
+  kept) in front of exactly the ops that read it, and those ops take the
+  file's padding.
+
+int16 graphs run in float64 on both sides (ESP-PPQ's high-precision mode):
+ESP-PPQ's float32 sums of int16 products are inexact and depend on how many
+frames a conv sees at once, which is arithmetic, not streaming.
 """
 
 from __future__ import annotations
@@ -18,89 +23,107 @@ from __future__ import annotations
 import numpy as np
 
 from harness.errors import StreamingError
+from harness.espdl import load_espdl
 from harness.frames import Frames
-from harness.lint import TEMPORAL_OPS, receptive_window
-from harness.ppq_env import DEVICE, import_ppq
-from harness.reference import to_chip_output, to_graph_input
+from harness.lint import TEMPORAL_OPS
+from harness.ppq_env import DEVICE, import_ppq, precise_copy
+from harness.reference import offline_reference, to_chip_output, to_graph_input
 from harness.tensors import QTensor
 
+TIME_AXIS = 2  # ESP-PPQ graphs are NCW
 
 
-def _op_window(op) -> int:
-    """Frames a temporal ESP-PPQ op looks at (first spatial axis)."""
-    if op.type == "Conv":
-        return receptive_window(op.inputs[1].value.shape[2], op.attributes.get("dilations", [1])[0])
-    return receptive_window(op.attributes["kernel_shape"][0])
+class _Cache:
+    """One ``StreamingCache`` node: out = [cache, x] on the time axis; cache = the last window-1 frames."""
+
+    def __init__(self, name: str, window: int):
+        self.name, self.keep = name, window - 1
+        self.state = None
+        self.step = -1
+        self.full = None
+
+    def extend(self, x, step: int):
+        import torch
+
+        if self.step != step:  # the first reader in a step runs the cache; later readers share its output
+            if self.state is None:
+                shape = list(x.shape)
+                shape[TIME_AXIS] = self.keep
+                self.state = torch.zeros(shape, dtype=x.dtype)
+            self.full = torch.cat([self.state, x], dim=TIME_AXIS)
+            self.state = self.full.narrow(TIME_AXIS, self.full.shape[TIME_AXIS] - self.keep, self.keep).clone()
+            self.step = step
+        return self.full
 
 
-def _cache_hook_class():
+def _reader_hook_class():
     from esp_ppq.executor.base import QuantOPRuntimeHook
 
-    class StreamingCacheHook(QuantOPRuntimeHook):
-        """ESP-DL StreamingCache in front of one op: out = [cache, x]; cache = last window-1 frames."""
+    class CacheReaderHook(QuantOPRuntimeHook):
+        """Feeds one op the output of the StreamingCache nodes it reads in the exported file."""
 
-        def __init__(self, operation, window: int):
+        def __init__(self, operation, streamer):
             super().__init__(operation)
-            self.keep = window - 1
-            self.cache = None
-
-        def reset(self) -> None:
-            self.cache = None
+            self.reads: list[tuple[int, _Cache]] = []
+            self.streamer = streamer
 
         def pre_forward_hook(self, inputs, quant_inputs, quant_configs):
-            import torch
+            out = list(quant_inputs)
+            for index, cache in self.reads:
+                out[index] = cache.extend(out[index], self.streamer.steps)
+            return out
 
-            x = quant_inputs[0]
-            if self.cache is None:
-                self.cache = torch.zeros(*x.shape[:2], self.keep, dtype=x.dtype)
-            full = torch.cat([self.cache, x], dim=2)
-            self.cache = full[:, :, -self.keep :].clone()
-            return [full, *quant_inputs[1:]]
-
-    return StreamingCacheHook
+    return CacheReaderHook
 
 
-def auto_streaming_graph(graph):
-    """Copy of an offline graph with its temporal ops made causal-streaming, and their cache hooks."""
-    hook_class = _cache_hook_class()
+def exported_wiring(graph, espdl_path, streamer):
+    """Copy of ``graph`` wired like its exported streaming file: caches in front of the ops that read them."""
+    model = load_espdl(espdl_path)
+    hook_class = _reader_hook_class()
     streaming = graph.copy()
-    hooks = {}
-    for op in streaming.operations.values():
-        if op.type not in TEMPORAL_OPS:
-            continue
-        window = _op_window(op)
-        if window <= 1:
-            continue
-        pads = list(op.attributes.get("pads", [0, 0]))
-        begin, end = pads[0], pads[len(pads) // 2]
-        if end != 0 or begin != window - 1:
-            raise StreamingError(
-                f"op {op.name} ({op.type}) has time padding [{begin}, {end}] but sees {window} frames",
-                f"make it causal: left padding {window - 1}, right padding 0 (F.pad(x, ({window - 1}, 0)))",
-            )
-        if op.attributes.get("strides", [1])[0] != 1:
-            raise StreamingError(f"op {op.name} has a time stride", "the host streaming check supports stride 1 only")
-        pads[0] = 0
-        op.attributes["pads"] = pads
-        hooks[op.name] = hook_class(op, window)
-    return streaming, hooks
+    hooks, caches = {}, []
+    readers: dict[str, list] = {}
+    for node in model.nodes:
+        for k, name in enumerate(node.inputs):
+            readers.setdefault(name, []).append((node, k))
+    for node in (n for n in model.nodes if n.op_type == "StreamingCache"):
+        cache = _Cache(node.name, int(node.attributes.get("window_size", 1)))
+        caches.append(cache)
+        for reader, index in readers.get(node.outputs[0], []):
+            op = streaming.operations.get(reader.name)
+            if op is None:
+                raise StreamingError(
+                    f"{espdl_path}: op '{reader.name}' reads StreamingCache '{node.name}' but the quantized graph "
+                    f"has no op of that name",
+                    "report this: the export renamed an op the host check cannot map back",
+                )
+            if op.type in TEMPORAL_OPS and "pads" in reader.attributes:
+                op.attributes["pads"] = list(reader.attributes["pads"])  # the file's (zeroed) time padding
+            hooks.setdefault(op.name, hook_class(op, streamer)).reads.append((index, cache))
+    return streaming, hooks, caches
 
 
 class HostStreamer:
     """The streaming sub-models of one quantized model, ready to step window by window."""
 
-    def __init__(self, qm):
+    def __init__(self, qm, exports=None):
         import_ppq()
         from esp_ppq.executor import TorchExecutor
 
         self.qm = qm
+        self.steps = 0
         self._steps = []
-        for m in qm.modules:
+        self._caches: list = []
+        for m, export in zip(qm.modules, exports or [None] * len(qm.modules)):
+            hooks = {}
             if qm.spec.streaming == "auto":
-                graph, hooks = auto_streaming_graph(m.offline_graph)
+                if export is None:
+                    raise StreamingError(f"'{qm.spec.name}' streams as ESP-PPQ exports it",
+                                         "pass the streaming exports of this window")
+                graph, hooks, caches = exported_wiring(_precise(qm, m.offline_graph), export.path, self)
+                self._caches += caches
             else:
-                graph = m.streaming_graph if m.streaming_graph is not None else m.offline_graph
-                hooks = {}
+                graph = _precise(qm, m.streaming_graph if m.streaming_graph is not None else m.offline_graph)
             self._steps.append((m, TorchExecutor(graph, device=DEVICE), hooks))
         self.reset()
 
@@ -108,39 +131,44 @@ class HostStreamer:
         """Zero every cache, like ``Model::reset()`` on the chip."""
         import torch
 
-        self._caches = [torch.zeros(1, *m.cache_shape) if m.streaming_graph is not None else None for m, _, _ in self._steps]
-        for _, _, hooks in self._steps:
-            for hook in hooks.values():
-                hook.reset()
+        self._state = [torch.zeros(1, *m.cache_shape) if m.streaming_graph is not None else None for m, _, _ in self._steps]
+        for cache in self._caches:
+            cache.state = None
 
     def step(self, window_frames: np.ndarray, exponent: int) -> list[np.ndarray]:
         """Run one window ``[W, C]`` through every module; return each module's ``[W, C]`` output."""
+        self.steps += 1
         x = to_graph_input(window_frames, exponent)
         outputs = []
         for k, (m, executor, hooks) in enumerate(self._steps):
-            if self._caches[k] is not None:
-                x, self._caches[k] = executor.forward(
-                    {"input": x, "cache": self._caches[k]}, output_names=["output", "cache_out"]
+            if self._state[k] is not None:
+                x, self._state[k] = executor.forward(
+                    {"input": x, "cache": self._state[k]}, output_names=["output", "cache_out"]
                 )
             else:
                 x = executor.forward({"input": x}, output_names=["output"], hooks=hooks)[0]
-            if x.shape[2] != window_frames.shape[0]:
+            if x.shape[TIME_AXIS] != window_frames.shape[0]:
                 raise StreamingError(
-                    f"module {k} of '{self.qm.spec.name}' turns {window_frames.shape[0]} frames into {x.shape[2]}",
+                    f"module {k} of '{self.qm.spec.name}' turns {window_frames.shape[0]} frames into "
+                    f"{x.shape[TIME_AXIS]}",
                     "streaming sub-models must keep the frame rate (one output frame per input frame)",
                 )
             outputs.append(to_chip_output(x, m.out_exponent, self.qm.bits))
         return outputs
 
 
-def stream_on_host(qm, frames: Frames, window: int) -> list[QTensor]:
+def _precise(qm, graph):
+    return precise_copy(graph) if qm.bits == 16 else graph
+
+
+def stream_on_host(qm, frames: Frames, window: int, exports=None) -> list[QTensor]:
     """Stream every sequence window by window (caches reset per sequence); outputs per module ``[S, T, C]``."""
-    streamer = HostStreamer(qm)
     t = frames.sequence_length
     if t % window:
         raise StreamingError(
             f"window size {window} does not divide the {t} frames of each sequence", "choose a divisor of the sequence length"
         )
+    streamer = HostStreamer(qm, exports)
     per_module: list[list[np.ndarray]] = [[] for _ in qm.modules]
     for seq in frames.values:
         streamer.reset()
@@ -148,3 +176,8 @@ def stream_on_host(qm, frames: Frames, window: int) -> list[QTensor]:
         for k in range(len(qm.modules)):
             per_module[k].append(np.concatenate([c[k] for c in chunks]))
     return [QTensor(np.stack(out), m.out_exponent) for m, out in zip(qm.modules, per_module)]
+
+
+def offline_on_host(qm, frames: Frames) -> list[QTensor]:
+    """The same simulator on whole sequences, in the precision ``stream_on_host`` uses."""
+    return offline_reference(qm, frames, graphs=[_precise(qm, m.offline_graph) for m in qm.modules])

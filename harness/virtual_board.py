@@ -14,6 +14,8 @@ Run standalone: ``python -m harness.virtual_board --target esp32p4`` prints
 ``reset`` (EN pin), ``flash <build id>`` (what flashing a build does: the
 board then reports that build ID, and reboots), ``quit``; the first two are
 confirmed with a ``done ...`` line on stdout once they have happened.
+``--max-payload N`` makes it announce (and keep to) another INFO max_payload
+than the firmware's default 4096, e.g. to compare OUTPUT parts with whole windows.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import os
 import pty
 import queue
 import select
+import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +64,17 @@ class BoardError(Exception):
     def __init__(self, code: p.ErrorCode, text: str):
         super().__init__(text)
         self.code, self.text = code, text
+
+
+def _board_error(exc: Exception, message) -> BoardError:
+    """What the runner answers when a model cannot run the way a request needs: ESP-DL refuses, or a bug."""
+    from harness.errors import HarnessError
+
+    if isinstance(exc, HarnessError):  # the engine refuses the model or its shapes
+        code = p.ErrorCode.BAD_CONFIG if isinstance(message, p.Configure) else p.ErrorCode.MODEL_LOAD_FAILED
+        return BoardError(code, str(exc))
+    traceback.print_exc(file=sys.stderr)  # into the board's log
+    return BoardError(p.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -102,8 +117,9 @@ class Batch:
 class Board:
     """The runner's state machine, transport-free: ``handle(packet) -> messages to send``."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, max_payload: int = p.DEFAULT_MAX_PAYLOAD):
         self.target = target
+        self.max_payload = max_payload  # INFO's; bounds every OUTPUT (a larger window goes in parts)
         self.build_id = build_id()  # what INFO reports; a side-channel "flash" replaces it
         self.reboot()
 
@@ -157,9 +173,10 @@ class Board:
             detail = handler(message)
             if detail is not None:
                 self._out.append(p.Ack(message.TYPE, packet.seq, detail))
-        except BoardError as exc:
-            self._out.append(p.Error(exc.code, message.TYPE, packet.seq, exc.text))
-            if isinstance(message, p.Frames) and exc.code != p.ErrorCode.CREDIT_EXCEEDED:
+        except Exception as exc:  # noqa: BLE001 - a runner answers ERROR; it does not reboot on a bad request
+            error = exc if isinstance(exc, BoardError) else _board_error(exc, message)
+            self._out.append(p.Error(error.code, message.TYPE, packet.seq, error.text))
+            if isinstance(message, p.Frames) and error.code != p.ErrorCode.CREDIT_EXCEEDED:
                 self._out.append(p.Credit(message.count))  # dropped frames are credited back
         return self._out
 
@@ -177,7 +194,7 @@ class Board:
         self._out.append(
             p.Info(
                 version=p.PROTOCOL_VERSION,
-                max_payload=p.DEFAULT_MAX_PAYLOAD,
+                max_payload=self.max_payload,
                 credits=CREDITS,  # every frame is stepped as it arrives: all of them are free again
                 free_internal_bytes=INTERNAL_BYTES,
                 free_psram_bytes=PSRAM_BYTES - used,
@@ -275,8 +292,12 @@ class Board:
         batch = max(1, m.output_batch)
         reporting = runtimes if m.flags & p.CONFIGURE_FLAG_ALL_OUTPUTS else runtimes[-1:]
         for k, runtime in enumerate(reporting, start=len(runtimes) - len(reporting)):
-            if batch > p.max_windows_per_output(p.DEFAULT_MAX_PAYLOAD, m.window, runtime.output_channels, runtime.output_bits, k + 1):
-                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {m.window} x {runtime.output_channels} do not fit one OUTPUT of {p.DEFAULT_MAX_PAYLOAD} bytes")
+            fit = p.max_windows_per_output(self.max_payload, m.window, runtime.output_channels, runtime.output_bits, k + 1)
+            if batch > 1 and batch > fit:  # a single window that does not fit goes in parts (protocol.md 7.7)
+                parts = " (one window goes in parts with output_batch 1)" if fit == 0 else ""
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {m.window} x {runtime.output_channels} do not fit one OUTPUT of {self.max_payload} bytes{parts}")
+            if fit == 0 and p.max_frames_per_part(self.max_payload, runtime.output_channels, runtime.output_bits, k + 1) == 0:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: one frame of {runtime.output_channels} x int{runtime.output_bits} does not fit an OUTPUT part of {self.max_payload} bytes")
         self.modules, self.configure = runtimes, m
         self.scheduler = Scheduler(len(runtimes), m.window, m.schedule, m.queue_depth, (acks[0].input_channels,), int_dtype(acks[0].bits))
         self._restart_stream()
@@ -355,9 +376,10 @@ class Board:
             self._send_batch(task.module)
 
     def _send_batch(self, module: int) -> None:
+        """The batch as one OUTPUT, or a window too large for one as its parts, in frame order (protocol.md 7.7)."""
         batch = self._batches.pop(module)
         runtime = self.modules[module]
-        self._out.append(
+        self._out.extend(p.split_output(
             p.Output(
                 window=batch.first_window, windows=len(batch.blocks), module=module, step=batch.step,
                 layout=runtime.config.output_layout,
@@ -366,8 +388,9 @@ class Board:
                 channels=runtime.output_channels,
                 timings=tuple(p.Timing(c, us) for c, us in zip(batch.cycles, batch.microseconds)),
                 data=b"".join(batch.blocks),
-            )
-        )
+            ),
+            self.max_payload,
+        ))
 
     def _to_next(self, k: int, y: np.ndarray) -> np.ndarray:
         """Module k's output as module k+1's input: transposed if layouts differ, requantized if exponents do."""
@@ -471,7 +494,7 @@ class PtyServer:
         tty.setraw(self.slave)  # no echo, no CR/LF translation, before anyone opens it
         self.path = os.ttyname(self.slave)  # the slave stays open here so the master never reads EIO
         os.set_blocking(self.master, False)
-        self.decoder = p.FrameDecoder(p.DEFAULT_MAX_PAYLOAD)  # the device's own max_payload bounds what it takes
+        self.decoder = p.FrameDecoder(board.max_payload)  # the device's own max_payload bounds what it takes
         self.seq = 0
         self.inbox: queue.Queue = queue.Queue()
         self.wire = Wire(self.master, baud, lambda data: self.inbox.put(("rx", data)))
@@ -510,7 +533,7 @@ class PtyServer:
                         data = b"reset"  # and flashing ends with a reset, as esptool's --after hard_reset does
                     if data == b"reset":
                         self.wire.clear()
-                        self.decoder = p.FrameDecoder(p.DEFAULT_MAX_PAYLOAD)
+                        self.decoder = p.FrameDecoder(self.board.max_payload)
                         self.send(self.board.reboot())
                         # like the EN pin, the reset has happened when the caller continues
                         print("done reset", flush=True)
@@ -524,13 +547,26 @@ class PtyServer:
             self.wire.stop()
 
 
+def _last_line(path: Path, start: int) -> str:
+    """The last non-empty line written to ``path`` after byte ``start`` (a dying process's exception)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(start)
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 class VirtualBoard:
     """Parent-side handle of a virtual board process (one per target in use)."""
 
-    def __init__(self, target: str, log_path: Path, baud: int | None = None, command: list[str] | None = None):
+    def __init__(self, target: str, log_path: Path, baud: int | None = None, command: list[str] | None = None,
+                 max_payload: int | None = None):
         self.target = target
         self.log_path = log_path
         self.baud = baud
+        self.max_payload = max_payload  # None: the device's default (--max-payload, which runner_host takes too)
         self.command = command  # another device process with the same stdin/stdout contract (default: this one)
         self.process: subprocess.Popen | None = None
         self.port = ""
@@ -540,7 +576,10 @@ class VirtualBoard:
         command = list(self.command or [sys.executable, "-m", "harness.virtual_board", "--target", self.target])
         if self.baud:
             command += ["--baud", str(self.baud)]
+        if self.max_payload:
+            command += ["--max-payload", str(self.max_payload)]
         self._log = open(self.log_path, "ab")
+        self._log_start = self._log.tell()  # this process's part of the log
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             cwd=Path(__file__).resolve().parent.parent,
@@ -578,7 +617,12 @@ class VirtualBoard:
         if self.process is None:
             return "virtual board not started"
         code = self.process.poll()
-        return None if code is None else f"virtual board process exited with code {code}, log {self.log_path}"
+        if code is None:
+            return None
+        if code < 0:  # a signal: nothing of its own to say
+            return f"virtual board process was killed by {signal.Signals(-code).name} (log {self.log_path})"
+        last = _last_line(self.log_path, self._log_start)
+        return f"virtual board process exited with code {code}" + (f": {last}" if last else "") + f" (log {self.log_path})"
 
     def kill(self) -> None:
         self.process.kill()
@@ -601,9 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True)
     parser.add_argument("--baud", type=int, default=None, help="throttle the link like a UART at this baud rate")
+    parser.add_argument("--max-payload", type=int, default=p.DEFAULT_MAX_PAYLOAD,
+                        help="INFO max_payload, 256..65535 (default %(default)s, the firmware's)")
     args = parser.parse_args(argv)
+    if not 256 <= args.max_payload <= p.MAX_PAYLOAD_LIMIT:
+        parser.error(f"--max-payload {args.max_payload} is not within 256..{p.MAX_PAYLOAD_LIMIT}")
     sys.setswitchinterval(0.0005)  # let the wire thread move bytes promptly while the engine computes
-    server = PtyServer(Board(get_target(args.target)), sys.stdin.fileno(), args.baud)
+    server = PtyServer(Board(get_target(args.target), args.max_payload), sys.stdin.fileno(), args.baud)
     print(f"PTY {server.path}", flush=True)
     server.serve()
     return 0

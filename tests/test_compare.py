@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.compare import compare, first_diverging_module
+from harness.compare import compare, fidelity_verdict, streaming_verdict
 from harness.tensors import QTensor
 
 
@@ -37,8 +37,26 @@ def test_exponent_mismatch_fails_even_with_equal_integers():
     assert r.summary().startswith("exponent -5 streamed vs -6 offline")
 
 
-def test_first_diverging_module():
-    good = stream(np.zeros((1, 2, 2)))
-    bad = stream(np.ones((1, 2, 2)))
-    assert first_diverging_module([good, good], [good, bad], 1, 0) == 1
-    assert first_diverging_module([good, good], [good, good], 1, 0) is None
+def test_streaming_verdict_names_the_first_failing_module_and_its_first_divergence():
+    good, bad = stream(np.zeros((1, 4, 2))), stream(np.zeros((1, 4, 2)))
+    bad.data[0, 3, 1] = 2
+    v = streaming_verdict([good, good, good], [good, bad, bad], window=2, tolerance=0)
+    assert not v.passed and v.failing_module == 1 and v.module == 1
+    f = v.fields()
+    assert (f["streaming_verdict"], f["streaming_mismatches"], f["streaming_max_abs_lsb"]) == ("fail", 1, 2)
+    assert f["streaming_first_divergence"] == {"module": 1, "sequence": 0, "window": 1, "frame": 3, "channel": 1,
+                                               "expected": 0, "actual": 2}
+    assert [m["mismatches"] for m in f["streaming_per_module"]] == [0, 1, 1]
+    assert v.summary().startswith("streaming verdict FAIL (module 1 of 3)")
+    ok = streaming_verdict([good, good], [good, good], window=2, tolerance=0)
+    assert ok.passed and ok.module == 1 and ok.fields()["streaming_first_divergence"] is None
+
+
+def test_fidelity_verdict_holds_each_module_to_its_own_bound():
+    sim = stream(np.zeros((1, 4, 2)))
+    dev = stream(np.full((1, 4, 2), 3))
+    assert fidelity_verdict([sim, sim], [dev, dev], [3, 3], "int16 bound").passed
+    v = fidelity_verdict([sim, sim], [dev, dev], [3, 2], "int16 bound")
+    f = v.fields()
+    assert not v.passed and v.failing_module == 1
+    assert (f["fidelity_bound_lsb"], f["fidelity_max_abs_lsb"], f["fidelity_reason"]) == (2, 3, "int16 bound")

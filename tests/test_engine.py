@@ -33,6 +33,7 @@ def _ok_except_attributed(report) -> None:
     assert report.compared, "nothing was compared"
     bad = [r.line() for r in report.compared if r.verdict != MATCH and r.name not in report.attributed]
     assert not bad, "\n".join(bad)
+    assert not report.unexplained, "\n".join(r.line() for r in report.unexplained)  # per operator, too
 
 
 # ---------------------------------------------------------------- real exports vs ESP-PPQ
@@ -55,7 +56,7 @@ def test_zoo_covers_every_op(zoo_exports):
 def test_zoo_export_matches_every_tensor(zoo_exports, key):
     model = load_espdl(zoo_exports[key])
     report = check(model, key[1])
-    assert not report.findings, report.findings
+    assert not [f for f in report.findings if f.kind != "avgpool-reciprocal"], report.findings  # a "may", below
     assert report.passed, "\n".join(report.lines())
     produced = {o for n in model.nodes for o in n.outputs}
     assert {r.name for r in report.compared} == set(model.test_outputs) & produced
@@ -131,7 +132,10 @@ def test_s3_accumulator_saturates_like_the_chip(saturating_exports):
     assert any(f.kind == "s3-accumulator" and f.node == conv.name and "may saturate" in f.message
                for f in lint_model(s3, "esp32s3"))
     report = check(s3, "esp32s3")
-    assert not report.passed and report.attributed[s3.outputs[0].name].kind == "s3-saturation"
+    out = report.result(s3.outputs[0].name)
+    # the chip's Model::test() fails here; the static bound about this very conv explains it, not the run's count
+    assert not report.passed and report.attributed[out.name].kind == "s3-accumulator"
+    assert out.excuse.kind == "s3-accumulator" and out.excuse.node == conv.name and not report.unexplained
 
     p4 = load_espdl(saturating_exports["esp32p4"])
     assert check(p4, "esp32p4").passed and not [f for f in lint_model(p4, "esp32p4") if f.kind == "s3-accumulator"]
@@ -287,6 +291,8 @@ def test_average_pool_divides_by_the_full_kernel_area():
     model = EspdlModel("pool", [x], [y], {"x": x, "y": y}, [node], {}, {}, {}, {}, "test", "")
     out = Engine(model, "esp32p4").run({"x": np.array([[[30], [30], [30], [30]]], np.int8)})["y"]
     assert out.ravel().tolist() == [20, 30, 30, 20]  # edges: 60 / 3 (ESP-PPQ with count_include_pad=0: 60 / 2)
+    assert [f.kind for f in lint_model(model, "esp32p4")] == ["avgpool-reciprocal", "avgpool-pad"]
+    node.attributes["kernel_shape"] = [4]  # 1/4 is exact in float32: no tie can round differently
     assert [f.kind for f in lint_model(model, "esp32p4")] == ["avgpool-pad"]
 
 
@@ -351,3 +357,122 @@ def test_engine_chain_equals_esp_ppq_reference(tiny):
         for k, eng in enumerate(engines):
             x = eng.run({"input": x})["output"]
             assert np.array_equal(x[0], expected[k].data[s]), (s, k)
+
+
+# ---------------------------------------------------------------- pooling / reduce rounding
+#
+# ESP-DL (v3.3.8/3.3.9, CONFIG_ACCURATE_INFER=1: the C path on both chips, int8 and int16) computes
+# AveragePool/GlobalAveragePool as sum * fl32(2^e_in * fl32(1/area) * 2^-e_out) (dl_base_avg_pool2d.cpp:34-52)
+# and ReduceMean as fl32(sum * 2^e_in) / count * 2^-e_out (dl_module_reduce_mean.hpp:39-43), rounded like the
+# target (esp32p4 half to even, esp32s3 floor(v + 0.5)). The reciprocal moves exact ties when fl32(1/area) is
+# inexact; ESP-PPQ (torch) divides and keeps them. Each case: (H, W, e_in, e_out, window sums,
+# {target: (GlobalAveragePool, ReduceMean)}).
+POOL_TIES = {
+    # area 56, mean exactly 46.5: fl32(1/56) is above 1/56, the chip's product is 46.500004
+    "p4-reciprocal-rounds-a-tie-up": (4, 14, -5, -7, [651],
+                                      {"esp32p4": ([47], [46]), "esp32s3": ([47], [47])}),
+    # area 656, mean exactly 56.5: fl32(1/656) is below 1/656, the chip's product is 56.499996
+    "s3-reciprocal-rounds-a-tie-down": (16, 41, -5, -8, [4633],
+                                        {"esp32p4": ([56], [56]), "esp32s3": ([56], [57])}),
+    # area 16 (exact reciprocal): every tie stays a tie, 2.5, 3.5, -2.5, -3.5
+    "exact-ties-round-like-the-target": (4, 4, -5, -5, [40, 56, -40, -56],
+                                         {"esp32p4": ([2, 4, -2, -4],) * 2, "esp32s3": ([3, 4, -2, -3],) * 2}),
+}
+
+
+def _mean_models(h, w, e_in, e_out, channels, bits=8):
+    """A GlobalAveragePool and a ReduceMean over H, W (keepdims), both [1, H, W, C] -> [1, 1, 1, C]."""
+    dtype = "int8" if bits == 8 else "int16"
+    qt = "S8" if bits == 8 else "S16"
+    x = TensorInfo("x", (1, h, w, channels), dtype, (e_in,))
+    y = TensorInfo("y", (1, 1, 1, channels), dtype, (e_out,))
+    gap = EspdlModel("gap", [x], [y], {"x": x, "y": y}, [Node("/gap", "GlobalAveragePool", ("x",), ("y",),
+                                                                   {"quant_type": qt})], {}, {}, {}, {}, "test", "")
+    axes = Tensor("axes", (2,), "int64", (0,), "UNK", np.array([1, 2], dtype=np.int64))
+    mean = EspdlModel("mean", [x], [y], {"x": x, "y": y},
+                      [Node("/mean", "ReduceMean", ("x", "axes"), ("y",), {"keepdims": 1, "quant_type": qt})],
+                      {"axes": axes}, {}, {}, {}, "test", "")
+    return gap, mean
+
+
+def _windows_with_sums(h, w, sums, bits=8):
+    """[1, H, W, C]: channel c holds values as even as possible that add up to sums[c]."""
+    cols = []
+    for s in sums:
+        q, r = divmod(s, h * w)
+        cols.append(np.array([q + 1] * r + [q] * (h * w - r)))
+    return np.stack(cols, axis=-1).reshape(1, h, w, len(sums)).astype(np.int8 if bits == 8 else np.int16)
+
+
+@pytest.mark.parametrize("bits", (8, 16))
+@pytest.mark.parametrize("case", sorted(POOL_TIES))
+def test_average_pool_multiplies_by_a_float_reciprocal_and_reduce_mean_divides(case, bits):
+    h, w, e_in, e_out, sums, expected = POOL_TIES[case]
+    x = _windows_with_sums(h, w, sums, bits)
+    assert x.astype(int).sum(axis=(1, 2)).ravel().tolist() == sums
+    gap, mean = _mean_models(h, w, e_in, e_out, len(sums), bits)
+    for target in TARGETS:
+        want_gap, want_mean = expected[target]
+        assert Engine(gap, target).run({"x": x})["y"].ravel().tolist() == want_gap, (case, target, "GlobalAveragePool")
+        assert Engine(mean, target).run({"x": x})["y"].ravel().tolist() == want_mean, (case, target, "ReduceMean")
+    # the same sums through a 1-D AveragePool whose kernel is the whole window: the same rounding as the global pool
+    xt = TensorInfo("x", (1, h * w, len(sums)), str(x.dtype), (e_in,))
+    yt = TensorInfo("y", (1, 1, len(sums)), str(x.dtype), (e_out,))
+    node = Node("/pool", "AveragePool", ("x",), ("y",), {"kernel_shape": [h * w], "pads": [0, 0], "strides": [1],
+                                                          "quant_type": "S8" if bits == 8 else "S16"})
+    pool = EspdlModel("pool", [xt], [yt], {"x": xt, "y": yt}, [node], {}, {}, {}, {}, "test", "")
+    for target in TARGETS:
+        got = Engine(pool, target).run({"x": x.reshape(1, h * w, len(sums))})["y"].ravel().tolist()
+        assert got == expected[target][0], (case, target, "AveragePool")
+
+
+def _reduce_mean_model(shape, axes, **attrs):
+    x = TensorInfo("x", tuple(shape), "int8", (0,))
+    y = TensorInfo("y", tuple(1 if i in axes else d for i, d in enumerate(shape)), "int8", (0,))
+    inits = {"axes": Tensor("axes", (len(axes),), "int64", (0,), "UNK", np.array(axes, dtype=np.int64))} if axes else {}
+    node = Node("/mean", "ReduceMean", ("x", "axes") if axes else ("x",), ("y",),
+                {"keepdims": 1, "quant_type": "S8", **attrs})
+    return EspdlModel("mean", [x], [y], {"x": x, "y": y}, [node], inits, {}, {}, {}, "test", "")
+
+
+def test_reduce_mean_refuses_what_esp_dl_leaves_unwritten():
+    for model, pattern in [
+        (_reduce_mean_model((1, 2, 3, 4, 5), [1, 3]), r"5 alternating groups .* at most 4 .* unwritten"),
+        (_reduce_mean_model((1, 2, 3), [], noop_with_empty_axes=1), r"reduces no axis .* first element only"),
+    ]:
+        engine = Engine(model, "esp32p4")
+        with pytest.raises(EngineError, match=pattern) as info:
+            engine.run({"x": np.zeros(model.inputs[0].shape, np.int8)})
+        assert "\n" not in str(info.value)
+    ok = _reduce_mean_model((1, 2, 3, 4), [1, 3])  # kept, reduced, kept, reduced: 4 groups, ESP-DL's last case
+    x = np.arange(24, dtype=np.int8).reshape(1, 2, 3, 4)
+    y = Engine(ok, "esp32p4").run({"x": x})["y"]
+    assert y.shape == (1, 1, 3, 1) and y.ravel().tolist() == [8, 12, 16]  # means 7.5, 11.5, 15.5
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_global_average_pool_ties_follow_the_chip_not_esp_ppq(target, tmp_path):
+    """Real export (ReLU -> ReduceMean and GlobalAveragePool) with ties in the test input: ESP-PPQ's test
+    values are exact divisions; the engine's GlobalAveragePool follows ESP-DL's reciprocal and differs by 1 LSB
+    exactly there (Model::test() on the chip fails the same way); ReduceMean divides on both sides and matches."""
+    from engine_models.pool_ties import AREA, TIE_CHANNELS, chip_mean, divided_mean, export_pool_ties
+
+    rounding = get_target(target).rounding
+    ties = export_pool_ties(target, rounding, tmp_path)
+    model = load_espdl(ties.path)
+    gap = next(n for n in model.nodes if n.op_type == "GlobalAveragePool")
+    mean = next(n for n in model.nodes if n.op_type == "ReduceMean")
+    e_in, e_out = model.inputs[0].exponents[0], model.tensor_info(gap.outputs[0]).exponents[0]
+    assert ties.diverging[:TIE_CHANNELS].all()
+    engine = Engine(model, target)
+    x = np.array(model.test_inputs[model.inputs[0].name].data)
+    values = engine.run({model.inputs[0].name: x}, keep=True)
+    assert values[gap.inputs[0]].astype(int).sum(axis=(1, 2)).ravel().tolist() == ties.sums.tolist()
+    got = values[gap.outputs[0]].astype(int).ravel()
+    ppq = np.asarray(model.test_outputs[gap.outputs[0]].data).astype(int).ravel()
+    assert got.tolist() == chip_mean(ties.sums, e_in, e_out, AREA, rounding).tolist()
+    assert ppq.tolist() == divided_mean(ties.sums, e_in, e_out, AREA, rounding).tolist()
+    assert np.array_equal(got != ppq, ties.diverging) and np.abs(got - ppq).max() == 1
+    assert np.array_equal(values[mean.outputs[0]], model.test_outputs[mean.outputs[0]].data)
+    report = check(model, target)
+    assert not report.passed and report.first_divergence == gap.outputs[0]

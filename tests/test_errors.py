@@ -26,7 +26,7 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
         ),
         (["--window-sizes=0,x"], "ERROR: --window-sizes: '0' is not a positive integer; give e.g. --window-sizes 1,3,6."),
         (["--target=esp32c3"], "ERROR: unknown target 'esp32c3'; use one of: esp32p4, esp32s3 (e.g. --target esp32p4)."),
-        (["--models=nosuch"], "ERROR: unknown model(s) nosuch in --models; choose from tcn_auto, tcn_seed."),
+        (["--models=nosuch"], "ERROR: unknown model(s) nosuch in --models; choose from tcn_auto, tcn_auto16, tcn_seed."),
     ],
 )
 def test_bad_option_is_one_line(tmp_path, args, message):
@@ -61,15 +61,35 @@ def test_malformed_espdl_is_one_line(tmp_path):
     assert str(bad) in line and "size" in line
 
 
-def test_window_not_dividing_user_frames_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "value, index, message",
+    [
+        (float("nan"), (1, 7, 3), r"value nan at index \[1, 7, 3\] is not finite \(1 of 1152 values"),
+        (float("inf"), (0, 0, 0), r"value inf at index \[0, 0, 0\] is not finite"),
+    ],
+)
+def test_frames_that_are_not_finite_are_one_line_naming_file_and_index(tmp_path, value, index, message):
+    import re
+
     import numpy as np
 
-    frames = tmp_path / "frames.npy"
-    np.save(frames, np.zeros((10, 8), dtype=np.float32))
-    proc = run_pytest(
-        "test_cases", "-q", f"--artifacts-dir={tmp_path}", f"--cache-dir={tmp_path}/cache", "--target=esp32p4",
-        f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto", "--window-sizes=3",
-        f"--frames={frames}",
-    )
-    assert proc.returncode == 1
-    assert "HarnessError: window size 3 does not divide the 10 frames per sequence of" in proc.stdout
+    frames = np.zeros((2, 9, 64), dtype=np.float32)
+    frames[index] = value
+    path = tmp_path / "frames.npy"
+    np.save(path, frames)
+    proc = run_pytest("--collect-only", f"--artifacts-dir={tmp_path}", f"--frames={path}", "--window-sizes=1,3")
+    assert proc.returncode == 4
+    [line] = error_lines(proc)
+    assert line.startswith(f"ERROR: --frames {path}: ") and re.search(message, line), line
+    assert line.endswith("replace NaN/inf values (e.g. with numpy.nan_to_num) before saving the frames.")
+
+
+def test_frames_too_short_for_a_window_are_one_line(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "frames.npy"
+    np.save(path, np.zeros((2, 9, 64), dtype=np.float32))
+    proc = run_pytest("--collect-only", f"--artifacts-dir={tmp_path}", f"--frames={path}", "--window-sizes=1,6")
+    assert proc.returncode == 4
+    assert error_lines(proc) == [f"ERROR: --frames {path}: sequences of 9 frames cannot be cut into windows of 6 "
+                                 f"frames; pass --window-sizes that divide it."]

@@ -51,3 +51,32 @@ def test_bad_user_frames_are_one_clear_error(tiny, tmp_path, array, message):
     np.save(path, array)
     with pytest.raises(ConfigError, match=message):
         frames_from_file(tiny("tiny_explicit"), path)
+
+
+def test_saturating_frames_are_measured_and_warned_about(tiny, tmp_path):
+    qm = tiny("tiny_explicit")
+    rng = np.random.default_rng(0)
+    floats = rng.standard_normal((2, 12, 8)).astype(np.float32)
+    np.save(tmp_path / "ok.npy", floats)
+    np.save(tmp_path / "loud.npy", floats * 1e6)
+    ok, loud = frames_from_file(qm, tmp_path / "ok.npy"), frames_from_file(qm, tmp_path / "loud.npy")
+    assert ok.saturation < 0.01 and ok.saturation_warning() is None
+    assert loud.saturation > 0.95 and "saturate when quantized" in loud.saturation_warning()
+    assert generate_frames(qm).saturation < 0.01
+
+
+def test_a_run_records_the_saturation_of_its_frames_in_every_case(tmp_path):
+    from tests.conftest import ROOT, run_pytest
+
+    path = tmp_path / "loud.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((2, 12, 8)).astype(np.float32) * 1e6)
+    proc = run_pytest("test_cases", "-q", "-k", "host_streaming or embedded", f"--frames={path}",
+                      f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a", "--target=esp32p4",
+                      "--window-sizes=3", f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FramesWarning: esp32p4 tiny_auto:" in proc.stdout and "saturate when quantized" in proc.stdout
+    session = json.loads((tmp_path / "a" / "session.json").read_text())
+    assert len(session["cases"]) == 2
+    for case in session["cases"]:
+        assert case["input_saturation"] > 0.95 and "saturate when quantized" in case["warnings"][0]
+    assert "saturate when quantized" in (tmp_path / "a" / "report.md").read_text()

@@ -3,23 +3,23 @@
 import numpy as np
 import pytest
 
-from harness.compare import compare, first_diverging_module
+from harness.compare import compare, streaming_verdict
 from harness.errors import StreamingError
 from harness.frames import generate_frames
 from harness.reference import offline_reference
-from harness.streaming import HostStreamer, stream_on_host
+from harness.streaming import HostStreamer, offline_on_host, stream_on_host
 
 
-@pytest.mark.parametrize("name", ["tiny_explicit", "tiny_auto"])
+@pytest.mark.parametrize("name", ["tiny_explicit", "tiny_auto", "tiny_auto16", "residual_input_auto", "gated_auto"])
 @pytest.mark.parametrize("target", ["esp32p4", "esp32s3"])
-def test_streamed_equals_offline_at_every_window(tiny, name, target):
+def test_streamed_equals_offline_at_every_window(tiny, quantizer, name, target):
     qm = tiny(name, target)
     frames = generate_frames(qm)
-    reference = offline_reference(qm, frames)
-    assert [r.exponent for r in reference] == [m.out_exponent for m in qm.modules]
+    offline = offline_on_host(qm, frames)
+    assert [r.exponent for r in offline] == [m.out_exponent for m in qm.modules]
     for window in (1, 2, 3, 4, 6, 12):
-        streamed = stream_on_host(qm, frames, window)
-        for k, (e, s) in enumerate(zip(reference, streamed)):
+        streamed = stream_on_host(qm, frames, window, quantizer.streaming_exports(qm, window))
+        for k, (e, s) in enumerate(zip(offline, streamed)):
             result = compare(e, s, window)
             assert result.passed and result.differing == 0, (window, k, result.summary())
 
@@ -38,13 +38,13 @@ def test_stale_cache_is_caught_after_the_first_window(tiny):
     result = compare(reference[-1], streamed[-1], 3)
     assert not result.passed
     assert result.first_divergence["window"] == 1  # window 0 starts from a zero cache on both sides
-    assert first_diverging_module(reference, streamed, 3, 0) == 0
+    assert streaming_verdict(reference, streamed, 3, 0).failing_module == 0
 
 
-def test_reset_gives_the_same_outputs_as_a_fresh_start(tiny):
+def test_reset_gives_the_same_outputs_as_a_fresh_start(tiny, quantizer):
     qm = tiny("tiny_auto")
     seq = generate_frames(qm).values[0]
-    streamer = HostStreamer(qm)
+    streamer = HostStreamer(qm, quantizer.streaming_exports(qm, 3))
     first = [streamer.step(seq[i : i + 3], qm.input_exponent)[-1] for i in range(0, 12, 3)]
     again = [streamer.step(seq[i : i + 3], qm.input_exponent)[-1] for i in range(0, 12, 3)]
     streamer.reset()
@@ -53,10 +53,16 @@ def test_reset_gives_the_same_outputs_as_a_fresh_start(tiny):
     assert not all(np.array_equal(a, b) for a, b in zip(first, again))  # state really is carried
 
 
-def test_non_causal_conv_cannot_stream(tiny):
+def test_non_causal_conv_cannot_stream(tiny, quantizer):
     qm = tiny("noncausal_auto")
-    with pytest.raises(StreamingError, match=r"time padding \[1, 1\] but sees 3 frames.*make it causal"):
-        stream_on_host(qm, generate_frames(qm), 3)
+    with pytest.raises(StreamingError, match=r"time padding \[1, 1\] but sees 3 frames.*make it causal") as info:
+        quantizer.streaming_exports(qm, 3)
+    assert "\n" not in str(info.value)
+
+
+def test_an_auto_model_streams_only_as_its_export_wires_it(tiny):
+    with pytest.raises(StreamingError, match="pass the streaming exports"):
+        HostStreamer(tiny("tiny_auto"))
 
 
 def test_ignored_cache_input_is_one_clear_error(tiny):
@@ -64,4 +70,13 @@ def test_ignored_cache_input_is_one_clear_error(tiny):
 
     with pytest.raises(HarnessError, match=r"module 0 of 'ignored_cache': streaming_forward does not use its cache") as info:
         tiny("ignored_cache")
+    assert "\n" not in str(info.value)
+
+
+def test_an_op_esp_ppq_cannot_stream_is_refused_at_export_in_one_line(tiny, quantizer):
+    from harness.errors import QuantizationError
+
+    qm = tiny("fused_gate_auto16")
+    with pytest.raises(QuantizationError, match=r"of type Slice is not supported for AutoStreamingPattern") as info:
+        quantizer.streaming_exports(qm, 3)
     assert "\n" not in str(info.value)

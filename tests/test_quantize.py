@@ -98,8 +98,8 @@ def test_ppq_error_line_fails_the_export_and_leaves_no_global_state(tmp_path):
     from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
 
     quantizer = Quantizer(tmp_path)
-    qm = quantizer.model(load_spec(SPECS / "noncausal_auto.py"), get_target("esp32p4"))
-    with pytest.raises(QuantizationError, match=r"ESP-PPQ reported an error .*not support") as info:
+    qm = quantizer.model(load_spec(SPECS / "time_mean_auto.py"), get_target("esp32p4"))
+    with pytest.raises(QuantizationError, match=r"ESP-PPQ reported an error .*operates along the frame axis") as info:
         quantizer.streaming_exports(qm, 3)
     assert "\n" not in str(info.value) and ".export.log" in str(info.value)
     assert StreamingTable().get_table() == {}
@@ -111,3 +111,60 @@ def test_ppq_error_line_fails_the_export_and_leaves_no_global_state(tmp_path):
 def test_window_that_does_not_divide_is_refused(tiny, quantizer):
     with pytest.raises(Exception, match="window size 5 does not divide the sequence length 12"):
         quantizer.streaming_exports(tiny("tiny_auto"), 5)
+
+
+def test_a_tensor_read_by_a_temporal_op_and_others_gets_one_cache_per_temporal_reader(tiny, quantizer):
+    qm = tiny("residual_input_auto")
+    first, second = (load_espdl(e.path) for e in quantizer.streaming_exports(qm, 3))
+    caches = [n for n in first.nodes if n.op_type == "StreamingCache"]
+    assert [(c.inputs, c.attributes["window_size"]) for c in caches] == [(("input",), 5)]
+    add = next(n for n in first.nodes if n.op_type == "Add")
+    assert "input" in add.inputs  # the residual reads the window itself, not the cache
+    readers = {n.name: n.inputs[0] for n in second.nodes if n.op_type == "Conv" and n.inputs[0] != "input"}
+    windows = sorted(n.attributes["window_size"] for n in second.nodes if n.op_type == "StreamingCache")
+    assert windows == [3, 5] and len({readers[k] for k in readers if "dw" in k or "second" in k}) == 2
+
+
+def test_without_the_repair_the_exported_wiring_is_refused_in_one_line(tmp_path, monkeypatch):
+    import harness.quantize
+
+    monkeypatch.setattr(harness.quantize, "per_consumer_caches", lambda graph: None)  # ESP-PPQ's own wiring
+    quantizer = Quantizer(tmp_path)
+    qm = quantizer.model(load_spec(SPECS / "residual_input_auto.py"), get_target("esp32p4"))
+    with pytest.raises(QuantizationError, match=r"Add '/Add' reads StreamingCache '\S+' \(the window plus 4 cached "
+                                                r"frames\) but has no time context") as info:
+        quantizer.streaming_exports(qm, 3)
+    assert "\n" not in str(info.value) and "per_consumer_caches" in str(info.value)
+
+
+def test_a_damaged_cache_entry_is_rebuilt_not_reported_as_a_bad_model(tmp_path):
+    spec, target = load_spec(SPECS / "tiny_auto.py"), get_target("esp32p4")
+    first = Quantizer(tmp_path)
+    qm = first.model(spec, target)
+    export = first.streaming_exports(qm, 3)[0].path
+    good_export = export.read_bytes()
+    offline = qm.modules[0].offline_espdl
+    offline.write_bytes(offline.read_bytes()[:100])  # a truncated file, e.g. a full disk or a killed run
+
+    again = Quantizer(tmp_path)
+    qm = again.model(spec, target)
+    assert again.calibrations == 3  # every sub-module calibrated again
+    load_espdl(qm.modules[0].offline_espdl)  # and readable
+
+    export = again.streaming_exports(qm, 3)[0].path
+    export.write_bytes(export.read_bytes()[:-16])
+    third = Quantizer(tmp_path)
+    qm = third.model(spec, target)
+    assert third.calibrations == 0
+    rebuilt = third.streaming_exports(qm, 3)
+    assert third.exports == 3 and rebuilt[0].path.read_bytes() == good_export
+
+
+def test_a_causal_pad_shared_by_two_convs_is_folded_and_they_share_one_cache(tiny, quantizer):
+    qm = tiny("gated_auto")
+    for export in quantizer.streaming_exports(qm, 3):
+        model = load_espdl(export.path)
+        assert not [n for n in model.nodes if n.op_type == "Pad"]
+        [cache] = [n for n in model.nodes if n.op_type == "StreamingCache"]
+        readers = [n.name for n in model.nodes if cache.outputs[0] in n.inputs]
+        assert sorted(readers) == ["/filter/Conv", "/gate/Conv"]

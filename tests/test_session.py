@@ -20,7 +20,8 @@ def test_target_option_selects_the_cases(tmp_path):
     both = collected(f"--artifacts-dir={tmp_path}")
     p4 = collected(f"--artifacts-dir={tmp_path}", "--target=esp32p4")
     main = [c for c in p4 if c.startswith("test_streamed_matches_offline[")]
-    assert len(main) == 2 * 3  # model families x default window sizes
+    assert len(main) == 3 * 3  # model families (tcn_seed, tcn_auto, tcn_auto16) x default window sizes
+    assert "test_streamed_matches_offline[esp32p4-tcn_auto16-W6]" in p4
     assert len(both) == 2 * len(p4)
     assert "test_streamed_matches_offline[esp32p4-tcn_seed-W3]" in p4
     assert "test_host_streaming_matches_offline[esp32p4-tcn_seed-W3]" in p4
@@ -36,23 +37,31 @@ def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
     session = json.loads((tmp_path / "a" / "session.json").read_text())
     assert (session["dut"], session["targets"]) == ("virtual", ["esp32p4"])
     assert session["calibrations"] == 2 * 3  # (model family) x (sub-module), one target
-    assert session["exports"] == 2 * 3 + 2 * 2 * 3  # offline files + one per (window, model, sub-module)
+    # per (model, sub-module): the self-test file, one streaming file per window, the offline file run on the
+    # device for one sequence and for the sequences joined back to back
+    assert session["exports"] == 2 * 3 * (1 + 2 + 2)
     ids = {f"esp32p4-{m}-W{w}" for m in ("tiny_explicit", "tiny_auto") for w in (1, 3)}
     for test in ("test_host_streaming_matches_offline", "test_streamed_matches_offline"):
         cases = {c["id"]: c for c in session["cases"] if c["test"] == test}
         assert set(cases) == ids
         assert all(
-            (c["verdict"], c["mismatches"], c["max_abs_lsb"], c["exponent_match"]) == ("pass", 0, 0, True)
+            (c["verdict"], c["mismatches"], c["max_abs_lsb"], c["exponent_match"], c["streaming_mismatches"],
+             c["streaming_max_abs_lsb"]) == ("pass", 0, 0, True, 0, 0)
             for c in cases.values()
         )
+    device = [c for c in session["cases"] if c["test"] == "test_streamed_matches_offline"]
+    assert all((c["fidelity_max_abs_lsb"], c["fidelity_bound_lsb"]) == (0, 0) for c in device)
+    assert all(c["fidelity_reason"].startswith("int8") for c in device)
+    assert session["summary"] == {"passed": len(session["cases"])}
     assert (tmp_path / "a" / "esp32p4-tiny_auto" / "frames.json").is_file()
-    assert f"**{len(session['cases'])}/{len(session['cases'])} cases pass.**" in (tmp_path / "a" / "report.md").read_text()
+    assert f"**{len(session['cases'])}/{len(session['cases'])} cases pass** (pytest: {len(session['cases'])} passed)" in (
+        tmp_path / "a" / "report.md").read_text()
 
     warm = run_pytest(*args)
     assert warm.returncode == 0, warm.stdout + warm.stderr
     session = json.loads((tmp_path / "a" / "session.json").read_text())
     assert (session["calibrations"], session["exports"]) == (0, 0)
-    assert {c["id"] for c in session["cases"]} == ids
+    assert {c["id"] for c in session["cases"] if c["window"]} == ids
 
 
 def test_parallel_workers_share_one_calibration_and_one_report(tmp_path):
@@ -64,4 +73,5 @@ def test_parallel_workers_share_one_calibration_and_one_report(tmp_path):
     assert session["calibrations"] == 3  # the second worker waited for the first one's calibration
     assert {(c["test"], c["id"]) for c in session["cases"] if c["test"] == "test_streamed_matches_offline"} == {
         ("test_streamed_matches_offline", f"esp32p4-tiny_auto-W{w}") for w in (1, 3)}
-    assert not list((tmp_path / "a").glob(".session-*.json"))  # the workers' parts were merged
+    assert session["summary"] == {"passed": len(session["cases"])} and len(session["cases"]) == 11
+    assert not list((tmp_path / "a").glob(".session-*.json"))  # nothing goes through files

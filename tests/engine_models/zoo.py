@@ -120,13 +120,14 @@ def make_model(spec: Spec, seed: int):
 
 
 def export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut: bool = True,
-           suffix: str = "") -> Path:
+           suffix: str = "", repaired: bool = False) -> Path:
     """Quantize with ESP-PPQ, then export with test values for every activation of the quantized graph.
 
-    ``lut=False`` turns ESP-PPQ's int16 LUT fusion off (int16 activations then run ESP-DL's float code).
+    ``lut=False`` turns ESP-PPQ's int16 LUT fusion off (int16 activations then run ESP-DL's float code);
+    ``repaired=True`` exports with the harness's repairs (``harness.ppq_env.repaired_exports``).
     """
     with one_thread():
-        return _export(spec, seed, target, bits, directory, lut, suffix)
+        return _export(spec, seed, target, bits, directory, lut, suffix, repaired)
 
 
 @contextlib.contextmanager
@@ -140,12 +141,13 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut: bool, suffix: str) -> Path:
+def _export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut: bool, suffix: str,
+            repaired: bool) -> Path:
     import esp_ppq.lib as PFL
     from esp_ppq.api import espdl_quantize_torch, generate_test_value, get_target_platform
     from esp_ppq.api.setting import QuantizationSettingFactory
 
-    from harness.ppq_env import ppq_call
+    from harness.ppq_env import ppq_call, repaired_exports
 
     model, x, calib = make_model(spec, seed)
     path = directory / f"{spec.name}{suffix}-{target}-int{bits}-s{seed}.espdl"
@@ -159,7 +161,8 @@ def _export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut:
         )
     names = [v.name for v in graph.variables.values()
              if v.name and not v.is_parameter and (v.source_op is not None or v.name in graph.inputs)]
-    with ppq_call(f"export {path.stem}", path.with_suffix(".export.log")):
+    with ppq_call(f"export {path.stem}", path.with_suffix(".export.log")), \
+            (repaired_exports() if repaired else contextlib.nullcontext()):
         values = generate_test_value(graph, "cpu", [x], names)
         PFL.Exporter(platform=get_target_platform(target, bits)).export(str(path), graph, values_for_test=values)
     return path

@@ -1,0 +1,167 @@
+"""ESP-PPQ 1.3.12 export defects that make the chip compute something else, and their repairs.
+
+* **Auto-streaming wiring** (``per_consumer_caches``, a ``streaming_custom_passes`` entry that runs inside
+  the exporter before its own cache insertion). ESP-PPQ keys its streaming table by tensor and rewires
+  *every* reader of a cached tensor to the cache output: the residual ``Add`` of ``y = f(dw(pad(x))) + x``
+  (or a graph output) then reads ``W + context`` frames, and a second temporal op a cache sized for the
+  first. Here every temporal reader gets a StreamingCache of its own receptive field (readers of the same
+  field share one) and everything else keeps reading the window; the exporter is told the tensors are
+  handled (window-1 entries, which it skips). A tensor read by one temporal op only is left to the
+  exporter, which gets that case right.
+* **A causal Pad shared by several convs** (``fold_shared_pads``, on the ONNX model): onnxsim folds
+  ``F.pad`` into a conv only when the conv is its sole reader, and ESP-PPQ cannot stream a Pad op.
+* **A graph input read at another exponent** (``RequantGraphInputs``): ESP-PPQ inserts a RequantizeLinear
+  where a reader's quantization differs from the tensor's producer, but a graph input has no producer, so
+  e.g. a residual Add aligned to its output reads the raw input at the wrong exponent and the chip adds
+  the raw integers. The repair treats the config the file binds to the input as its producer's.
+"""
+
+from __future__ import annotations
+
+TEMPORAL_OPS = ("Conv", "AveragePool", "MaxPool", "ConvTranspose")
+
+
+def _shared(graph, var) -> bool:
+    """Does another consumer (or the graph's output list) read ``var`` besides a temporal op?"""
+    return len(var.dest_ops) > 1 or var.name in graph.outputs
+
+
+def per_consumer_caches(graph):
+    """Streaming custom pass: give each temporal consumer of a shared tensor its own StreamingCache."""
+    from esp_ppq.parser.espdl.espdl_streaming import (
+        StreamingTable,
+        get_conv_cache_window_size,
+        insert_streaming_cache_op,
+    )
+
+    table = StreamingTable()
+    axis = table.get_input_frame_axis()
+    for var in list(graph.variables.values()):
+        if var.is_parameter or not _shared(graph, var):
+            continue
+        by_window: dict[int, list] = {}
+        for op in list(var.dest_ops):
+            if op.type in TEMPORAL_OPS and op.inputs and op.inputs[0] is var:
+                window = get_conv_cache_window_size(op)  # logs ESP-PPQ's own error for non-causal padding
+                if window > 1:
+                    by_window.setdefault(window, []).append(op)
+        for window, (first, *others) in by_window.items():  # readers of one receptive field share a cache
+            cache = insert_streaming_cache_op(graph, var.name, {"window_size": window, "op_name": first.name,
+                                                                "frame_axis": axis})
+            cached = cache.outputs[0]
+            for op in others:
+                var.dest_ops.remove(op)
+                op.inputs[0] = cached
+                cached.dest_ops.append(op)
+            table.add(cached.name, None, 1)  # the exporter sees a cached input and only zeroes pads
+        if by_window:
+            table.add(var.name, None, 1)  # the StreamingCache ops themselves read a handled tensor
+    return None
+
+
+def check_causal(graph, what: str) -> None:
+    """Every temporal op of an auto-streaming graph pads time on the left only, by its context."""
+    from harness.errors import StreamingError
+    from harness.lint import receptive_window
+
+    for op in graph.operations.values():
+        if op.type not in TEMPORAL_OPS:
+            continue
+        if op.type in ("Conv", "ConvTranspose"):
+            window = receptive_window(op.inputs[1].value.shape[2], (op.attributes.get("dilations") or [1])[0])
+        else:
+            window = receptive_window(op.attributes["kernel_shape"][0])
+        if window <= 1:
+            continue
+        pads = list(op.attributes.get("pads") or [0, 0])
+        begin, end = pads[0], pads[len(pads) // 2]
+        if end != 0 or begin != window - 1:
+            raise StreamingError(
+                f"{what}: op {op.name} ({op.type}) has time padding [{begin}, {end}] but sees {window} frames",
+                f"make it causal: left padding {window - 1}, right padding 0 (F.pad(x, ({window - 1}, 0)))",
+            )
+
+
+def fold_shared_pads(model) -> int:
+    """Fold a zero ``Pad`` that only pads time on the left into every Conv reading it (ONNX, in place).
+
+    ``F.pad(x, (P, 0))`` before a causal conv is folded into the conv's own padding by onnxsim -- unless the
+    padded tensor feeds several convs (a gated WaveNet block: ``tanh(f(p)) * sigmoid(g(p))``; torch's tracer even
+    merges two identical ``F.pad`` calls into one). ESP-PPQ's auto-streaming cannot stream a Pad op, so each conv
+    gets the padding itself: the same computation, and every conv then takes its own StreamingCache.
+    Returns how many Pads were folded.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for pad in (n for n in graph.node if n.op_type == "Pad"):
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        pads = constants.get(pad.input[1]) if len(pad.input) > 1 else None
+        value = constants.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+        if mode != "constant" or pads is None or (value is not None and value.any()) or len(pad.input) > 3:
+            continue
+        pads = [int(p) for p in pads.reshape(-1)]
+        rank = len(pads) // 2
+        if rank != 3 or pads[:2] + pads[3:] != [0] * 5 or pads[2] <= 0:  # [1, C, T]: only T's beginning
+            continue
+        convs = readers.get(pad.output[0], [])
+        if pad.output[0] in outputs or not convs or any(c.op_type != "Conv" or c.input[0] != pad.output[0] for c in convs):
+            continue
+        for conv in convs:
+            attr = next((a for a in conv.attribute if a.name == "pads"), None)
+            if attr is None:
+                attr = conv.attribute.add()
+                attr.name, attr.type = "pads", 7  # INTS
+                attr.ints.extend([0, 0])
+            attr.ints[0] += pads[2]
+            conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    return len(folded)
+
+
+def requant_graph_inputs_pattern():
+    """ESP-PPQ's RequantizeLinear insertion, extended to readers of a graph input (see the module docstring)."""
+    from esp_ppq.IR.quantize import QuantableOperation
+    from esp_ppq.parser.espdl.espdl_graph_utils import insert_requantize_node
+    from esp_ppq.parser.espdl.espdl_typedef import QUANT_OP_SET, ExporterPatternInfo
+    from esp_ppq.parser.espdl.export_patterns import InsertRequantNodePattern
+
+    class RequantGraphInputs(InsertRequantNodePattern):
+        def export(self, op, graph, **kwargs):
+            op = super().export(op, graph, **kwargs)
+            if op.type in QUANT_OP_SET or not isinstance(op, QuantableOperation):
+                return op
+            for config, var in list(zip(op.input_quant_config, op.inputs)):
+                if var.is_parameter or var.source_op is not None or var.name not in graph.inputs:
+                    continue
+                bound = bound_config(graph, var)
+                if bound is None or bound is config:
+                    continue
+                if bound.num_of_bits == config.num_of_bits and float((bound.scale - config.scale).abs().max()) < 1e-12:
+                    continue
+                created = insert_requantize_node(graph=graph, var=var, upstream_config=bound, config=config, op=op)
+                perm = ExporterPatternInfo().get_var_permute(var.name)
+                if created is not None and perm:
+                    ExporterPatternInfo().add_var_permute(created.outputs[0].name, perm)
+            return op
+
+    return RequantGraphInputs
+
+
+def bound_config(graph, var):
+    """The quantization config an export binds to a graph input: that of its first quantized reader."""
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    for op in graph.topological_sort():
+        if isinstance(op, QuantableOperation) and var in op.inputs:
+            return op.input_quant_config[op.inputs.index(var)]
+    return None
