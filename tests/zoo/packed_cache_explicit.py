@@ -4,18 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch import nn as _nn
-
-
-def bn(channels: int) -> _nn.BatchNorm1d:
-    """BatchNorm with non-default statistics (eval mode)."""
-    layer = _nn.BatchNorm1d(channels)
-    with torch.no_grad():
-        layer.running_mean.uniform_(-0.3, 0.3)
-        layer.running_var.uniform_(0.5, 2.0)
-        layer.weight.uniform_(0.5, 1.5)
-        layer.bias.uniform_(-0.2, 0.2)
-    return layer.eval()
+from blocks import bn
 
 NAME = "packed_cache_explicit"
 STREAMING = "explicit"
