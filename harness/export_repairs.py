@@ -144,9 +144,7 @@ def requant_graph_inputs_pattern():
                 if var.is_parameter or var.source_op is not None or var.name not in graph.inputs:
                     continue
                 bound = bound_config(graph, var)
-                if bound is None or bound is config:
-                    continue
-                if bound.num_of_bits == config.num_of_bits and float((bound.scale - config.scale).abs().max()) < 1e-12:
+                if bound is None or _same(bound, config):
                     continue
                 created = insert_requantize_node(graph=graph, var=var, upstream_config=bound, config=config, op=op)
                 perm = ExporterPatternInfo().get_var_permute(var.name)
@@ -155,6 +153,12 @@ def requant_graph_inputs_pattern():
             return op
 
     return RequantGraphInputs
+
+
+def _same(a, b) -> bool:
+    """Two quantization configs the chip cannot tell apart (bits and power-of-two scale)."""
+    return a is b or (a.num_of_bits == b.num_of_bits and a.scale is not None and b.scale is not None
+                      and float((a.scale - b.scale).abs().max()) < 1e-12)
 
 
 def bound_config(graph, var):

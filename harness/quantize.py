@@ -47,6 +47,7 @@ from harness.export_repairs import bound_config, check_causal, fold_shared_pads,
 from harness.targets import Target
 
 PASSIVE_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad"}
+COPY_OPS = PASSIVE_OPS - {"Concat", "Pad"}  # one input copied as is (Concat and Pad get aligned operands)
 OFFLINE_IO = (["input"], ["output"])
 STREAMING_IO = (["input", "cache"], ["output", "cache_out"])
 _VERSIONED = ("esp-ppq", "torch", "onnx", "onnxsim", "numpy")
@@ -315,6 +316,14 @@ class Quantizer:
             onnx_path, platform, spec.bits, windows, windows[1], lambda g: corresponding_scales(offline, g),
             out / "logs" / f"{name}.streaming.quantize.log",
         )
+        conflicts = copy_conflicts(graph)
+        if conflicts:
+            raise StreamingError(
+                f"module {name[1:]} of '{spec.name}': the streaming graph copies tensors the offline graph quantizes "
+                f"at different exponents through {conflicts[0]}; the chip keeps one exponent per tensor and copies "
+                f"integers, so the streamed result cannot equal the offline one",
+                "give each cached tensor its own cache input and output (one per layer) instead of packing them",
+            )
         differing = [
             n for n, e in locked_exponents(offline, graph).items() if e[0] != e[1]
         ]
@@ -622,6 +631,24 @@ def corresponding_scales(offline, streaming) -> dict:
                     known[v.name] = source
                     changed = True
     return known
+
+
+def copy_conflicts(graph) -> list[str]:
+    """Copying ops (Slice, Reshape ...) of a quantized graph whose output is quantized unlike their input.
+
+    ESP-PPQ's simulation rescales there; the chip copies the integers. Locking an explicit streaming graph to
+    the offline one produces this when one cache tensor packs tensors the offline graph holds at different
+    exponents (two layers' pasts): the streamed result then cannot equal the offline one.
+    """
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    conflicts = []
+    for op in graph.topological_sort():
+        if op.type in COPY_OPS and isinstance(op, QuantableOperation) and op.outputs:
+            e_in, e_out = exponent_of(op.input_quant_config[0].scale), exponent_of(op.output_quant_config[0].scale)
+            if e_in != e_out:
+                conflicts.append(f"{op.type} {op.name} ({op.inputs[0].name} {e_in}, {op.outputs[0].name} {e_out})")
+    return conflicts
 
 
 def locked_exponents(offline, streaming) -> dict[str, tuple[int, int]]:

@@ -80,3 +80,13 @@ def test_an_op_esp_ppq_cannot_stream_is_refused_at_export_in_one_line(tiny, quan
     with pytest.raises(QuantizationError, match=r"of type Slice is not supported for AutoStreamingPattern") as info:
         quantizer.streaming_exports(qm, 3)
     assert "\n" not in str(info.value)
+
+
+def test_a_cache_packing_tensors_of_different_exponents_is_refused_in_one_line(tiny):
+    """One cache tensor holding two layers' pasts that esp32p4's offline graph quantizes at -5 and -6: the chip keeps
+    one exponent per tensor, so it could not stream what the offline model computes (esp32s3 gives both -5)."""
+    with pytest.raises(StreamingError, match=r"copies tensors the offline graph quantizes at different exponents "
+                                             r"through Slice /Slice_1 \(cache -5, /Slice_1_output_0 -6\)") as info:
+        tiny("packed_cache_explicit", "esp32p4")
+    assert "\n" not in str(info.value) and "its own cache input and output" in str(info.value)
+    assert tiny("packed_cache_explicit", "esp32s3").tolerance_lsb == 0

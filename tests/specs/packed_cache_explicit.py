@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks import bn
+from tests.zoo.blocks import bn
 
 NAME = "packed_cache_explicit"
 STREAMING = "explicit"
