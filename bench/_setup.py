@@ -51,12 +51,13 @@ def stream_joined(link, quantizer, qm, window: int, sequences: int):
     frames = generate_frames(qm, sequences=sequences)
     joined = dataclasses.replace(frames, values=frames.values.reshape(1, -1, frames.values.shape[2]))
     exports = quantizer.streaming_exports(qm, window)
-    t, c = joined.values.shape[1:]
-    batch = default_output_batch(link, window, c, qm.bits, len(exports), t // window)
+    t = joined.values.shape[1]
+    last = exports[-1]
+    batch = default_output_batch(link, last.out_frames, last.out_channels, qm.bits, len(exports), t // window)
     # round-robin runs one module per frame step: with fewer frames per window than modules it cannot keep up
     schedule = "round-robin" if window >= len(exports) else "sequential"
     load_pipeline(link, exports, window, schedule, False, batch, queue_depth_for(window, len(exports), t))
     before = copy.copy(link.stats)
     start = time.perf_counter()
-    run_sequences(link, joined, window, len(exports), all_modules=False)
+    run_sequences(link, joined, window, exports, all_modules=False)
     return joined, time.perf_counter() - start, before, copy.copy(link.stats)

@@ -59,8 +59,13 @@ class Comparison:
 
 
 
-def compare(expected: QTensor, actual: QTensor, window: int, tolerance_lsb: int = 0) -> Comparison:
-    """Compare ``[S, T, C]`` integer streams; differences are counted in LSB of the expected exponent."""
+def compare(expected: QTensor, actual: QTensor, window: int, tolerance_lsb: int = 0,
+            rows: list[int] | None = None) -> Comparison:
+    """Compare ``[S, T, C]`` integer streams; differences are counted in LSB of the expected exponent.
+
+    ``rows``: the data are per-window outputs ``[S, judged, values]`` and row i is window ``rows[i]``
+    (its divergence is placed at that window's last frame; ``channel`` is the value's index).
+    """
     if expected.data.shape != actual.data.shape:
         raise ValueError(f"shape {actual.data.shape} streamed vs {expected.data.shape} offline")
     ref = expected.data.astype(np.int64)
@@ -73,10 +78,11 @@ def compare(expected: QTensor, actual: QTensor, window: int, tolerance_lsb: int 
     first = None
     if beyond.any():
         s, t, c = (int(i) for i in np.argwhere(beyond)[0])
+        j = rows[t] if rows is not None else t // window
         first = {
             "sequence": s,
-            "window": t // window,
-            "frame": t,
+            "window": j,
+            "frame": (j + 1) * window - 1 if rows is not None else t,
             "channel": c,
             "expected": int(ref[s, t, c]),
             "actual": int(got[s, t, c]),
@@ -146,14 +152,33 @@ class Verdict:
         }
 
 
+def _rows_of(k: int, n: int, rows: list[int] | None) -> list[int] | None:
+    return rows if k == n - 1 else None  # only the last module can have a per-window output
+
+
 def streaming_verdict(offline: list[QTensor], streamed: list[QTensor], window: int, tolerance: int,
-                      reason: str = "") -> Verdict:
-    """Streaming exactness: every module's streamed output equals the same device's offline one (``tolerance``)."""
-    return Verdict("streaming", tuple(compare(o, s, window, tolerance) for o, s in zip(offline, streamed)), reason)
+                      reason: str = "", rows: list[int] | None = None) -> Verdict:
+    """Streaming exactness: every module's streamed output equals the same device's offline one (``tolerance``).
+
+    ``rows``: the last module's output is per window, compared on these windows (``harness.per_window``).
+    """
+    n = len(offline)
+    return Verdict("streaming", tuple(compare(o, s, window, tolerance, _rows_of(k, n, rows))
+                                      for k, (o, s) in enumerate(zip(offline, streamed))), reason)
 
 
-def fidelity_verdict(simulated: list[QTensor], device: list[QTensor], bounds, reason: str) -> Verdict:
-    """Arithmetic fidelity: every module's offline device output is within its bound of ESP-PPQ's simulation."""
-    frames = simulated[0].data.shape[1]
-    return Verdict("fidelity", tuple(compare(e, d, frames, b) for e, d, b in zip(simulated, device, bounds)), reason,
-                   "bound")
+def fidelity_verdict(simulated: list[QTensor], device: list[QTensor], bounds, reason: str, window: int | None = None,
+                     rows: list[int] | None = None) -> Verdict:
+    """Arithmetic fidelity: every module's offline device output is within its bound of ESP-PPQ's simulation.
+
+    Whole sequences are one window; a per-window last module is compared on the prefixes that end with
+    ``rows`` (windows of ``window`` frames).
+    """
+    n = len(simulated)
+
+    def compared(k: int) -> Comparison:
+        per_window = _rows_of(k, n, rows)
+        whole = window if per_window is not None else simulated[k].data.shape[1]
+        return compare(simulated[k], device[k], whole, bounds[k], per_window)
+
+    return Verdict("fidelity", tuple(compared(k) for k in range(n)), reason, "bound")

@@ -282,15 +282,15 @@ def boot_and_hello(link: DeviceLink, reset: Callable[[], None], timeout: float =
 class StreamResult:
     """What a device returned for a set of sequences."""
 
-    outputs: list[QTensor]  # per reported module: [S, T, C]
+    outputs: list[QTensor]  # per reported module: [S, T, C]; a per-window output: [S, windows, values]
     latency_us: list[float]  # mean per module and window
     cycles: list[float]  # mean per module and window (0 where the device does not count cycles)
     output_steps: list[list[int]] = field(default_factory=list)  # per sequence: step of each last-module OUTPUT
 
 
-def default_output_batch(link: DeviceLink, window: int, channels: int, bits: int, modules: int, windows: int) -> int:
-    """Windows per OUTPUT: as many as fit one message, at most a sequence's worth."""
-    fit = p.max_windows_per_output(link.max_payload, window, channels, bits, modules)
+def default_output_batch(link: DeviceLink, frames: int, channels: int, bits: int, modules: int, windows: int) -> int:
+    """Windows per OUTPUT (each ``frames`` x ``channels``): as many as fit one message, at most a sequence's worth."""
+    fit = p.max_windows_per_output(link.max_payload, frames, channels, bits, modules)
     return max(1, min(fit, windows))
 
 
@@ -331,14 +331,19 @@ def load_pipeline(link: DeviceLink, exports: list, window: int, schedule: str, a
     return acks
 
 
-def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, all_modules: bool) -> StreamResult:
+def run_sequences(link: DeviceLink, frames: Frames, window: int, exports: list, all_modules: bool) -> StreamResult:
     """Stream each sequence from a RESET; assemble every reported module's outputs ``[S, T, C]``.
+
+    A per-window output (``export.per_window``: a head with F frames or FLAT values per window) becomes
+    ``[S, windows, F x C]``: one row per window, its values in time-major order.
 
     A window too large for one OUTPUT arrives in parts (protocol.md section 7.7): they are joined into the
     window (its timings counted once); a part missing, repeated, out of order or left incomplete is a
     ``ProtocolError`` (``OutputPartError``) naming the module, the window and the frames.
     """
     s, t = frames.values.shape[:2]
+    modules = len(exports)
+    rows = [e.out_frames for e in exports]  # rows of Output.array() per window
     reported = list(range(modules)) if all_modules else [modules - 1]
     data: dict[int, np.ndarray] = {}
     exponents: dict[int, int] = {}
@@ -354,11 +359,11 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, a
             out = parts.add(received)  # a whole OUTPUT, or a window once its last part is in
             if out is None:
                 return
-            array = out.array()  # [windows * W, C]
+            array = out.array()  # [windows * rows, C]
             if out.module not in data:
-                data[out.module] = np.zeros((s, t, array.shape[1]), dtype=array.dtype)
+                data[out.module] = np.zeros((s, t // window * rows[out.module], array.shape[1]), dtype=array.dtype)
                 exponents[out.module] = out.exponent
-            start = out.window * window
+            start = out.window * rows[out.module]
             data[out.module][seq_index, start : start + len(array)] = array
             counts[out.module] = counts.get(out.module, 0) + out.windows
             if out.module == modules - 1:
@@ -379,9 +384,9 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, modules: int, a
                 "the runner dropped work; see the device log",
             )
     runs[runs == 0] = 1
-    return StreamResult(
-        [QTensor(data[k], exponents[k]) for k in reported], list(latency / runs), list(cycles / runs), steps
-    )
+    outputs = [QTensor(data[k].reshape(s, t // window, -1) if exports[k].per_window else data[k], exponents[k])
+               for k in reported]
+    return StreamResult(outputs, list(latency / runs), list(cycles / runs), steps)
 
 
 def configure_pipeline(link: DeviceLink, exports: list, frames: Frames, window: int, schedule: str = "round-robin",
@@ -393,8 +398,10 @@ def configure_pipeline(link: DeviceLink, exports: list, frames: Frames, window: 
     """
     n = len(exports)
     t = frames.values.shape[1]
-    widest = max(e.out_channels for e in (exports if all_modules else exports[-1:]))
-    batch = default_output_batch(link, window, widest, frames.values.dtype.itemsize * 8, n, t // window)
+    reported = exports if all_modules else exports[-1:]
+    widest = max(reported, key=lambda e: e.out_frames * e.out_channels)
+    batch = default_output_batch(link, widest.out_frames, widest.out_channels, frames.values.dtype.itemsize * 8, n,
+                                 t // window)
     load_pipeline(link, exports, window, schedule, all_modules, output_batch=batch if batched else 1,
                   queue_depth=queue_depth_for(window, n, t))
 
@@ -403,4 +410,4 @@ def stream_pipeline(link: DeviceLink, exports: list, frames: Frames, window: int
                     all_modules: bool = True, batched: bool = True) -> StreamResult:
     """``configure_pipeline``, then stream every sequence from a RESET."""
     configure_pipeline(link, exports, frames, window, schedule, all_modules, batched)
-    return run_sequences(link, frames, window, len(exports), all_modules)
+    return run_sequences(link, frames, window, exports, all_modules)

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import re
+
 TEMPORAL_OPS = ("Conv", "AveragePool", "MaxPool", "ConvTranspose")
 
 
@@ -57,6 +59,82 @@ def per_consumer_caches(graph):
         if by_window:
             table.add(var.name, None, 1)  # the StreamingCache ops themselves read a handled tensor
     return None
+
+
+def layout_transposes(original_ops):
+    """Streaming custom pass: the Transposes the exporter itself inserts count as handled.
+
+    ESP-PPQ restores NCW order with a Transpose of its own (``PPQ_Operation_*``) before an op that needs it,
+    e.g. the Flatten of a classifier head after a cached Slice, then refuses to stream that Transpose: it only
+    reorders the frames it is given, so it needs no cache. ``original_ops`` are the quantized graph's op names;
+    a user's own Transposes are left to the exporter's rules.
+    """
+    from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
+
+    def mark(graph):
+        table = StreamingTable()
+        for op in graph.operations.values():
+            if op.type == "Transpose" and op.name not in original_ops and op.inputs[0].name not in table:
+                table.add(op.inputs[0].name, op.name, 1)  # window 1: nothing inserted, the op is handled
+        return None
+
+    return mark
+
+
+_UNSUPPORTED = re.compile(r"Operation (\S+) of type (\S+) is not supported for AutoStreamingPattern\. "
+                          r"Please insert manually on variables: \[(.*)\]")
+
+
+def streaming_table_advice(log_text: str, graph, what: str):
+    """ESP-PPQ's "insert manually" error as one ``StreamingError`` naming the table entry to add, or None.
+
+    For a Slice of the last F frames the entry is exact (a cache of F frames on its input); for other ops
+    it names the tensor and op, and says how to choose the window.
+    """
+    from harness.errors import StreamingError
+
+    match = _UNSUPPORTED.search(log_text)
+    if match is None:
+        return None
+    name, kind = match.group(1), match.group(2)
+    tensors = re.findall(r"'([^']*)'", match.group(3))
+    op = graph.operations.get(name)
+    data = op.inputs[0].name if op is not None and op.inputs else (tensors[0] if tensors else "?")
+    frames = _last_frames(op) if op is not None and kind == "Slice" else None
+    if frames is not None:
+        call, how = f"insert_streaming_cache_on_var({data!r}, {frames})", f"the Slice reads the last {frames} frames"
+    elif op is not None and kind == "Slice" and 2 not in _slice_axes(op):
+        call = f"insert_streaming_cache_on_var({data!r}, 1, {name!r})"
+        how = "the Slice does not cut the time axis, so it needs no past frames: a window of 1 marks it handled"
+    else:
+        call = f"insert_streaming_cache_on_var({data!r}, N, {name!r})"
+        how = "N = the frames the op reads per output (1 when it needs no past frames)"
+    return StreamingError(
+        f"{what}: ESP-PPQ's auto-streaming cannot stream {kind} '{name}' (it reads {data!r}) without a streaming-table "
+        f"entry", f"add {call} to the spec's streaming_table() ({how})",
+    )
+
+
+def _slice_axes(op) -> list[int]:
+    """The axes a Slice cuts (ONNX NCW: 2 is time); every axis when they are not constants."""
+    values = [v.value for v in op.inputs[1:]]
+    rank = len(op.inputs[0].shape or [1, 1, 1])
+    if len(values) < 3 or values[2] is None:
+        return list(range(rank))
+    return [int(a) % rank for a in values[2].reshape(-1).tolist()]
+
+
+def _last_frames(op) -> int | None:
+    """F for a Slice that keeps the last F frames of the time axis (ONNX NCW axis 2), else None."""
+    values = [v.value for v in op.inputs[1:]]
+    if len(values) < 3 or any(v is None for v in values[:3]):
+        return None
+    starts, ends = ([int(x) for x in v.reshape(-1).tolist()] for v in values[:2])
+    axes = _slice_axes(op)
+    if 2 not in axes:
+        return None
+    i = axes.index(2)
+    return -starts[i] if starts[i] < 0 and ends[i] >= 2**31 - 1 else None
 
 
 def check_causal(graph, what: str) -> None:

@@ -96,6 +96,13 @@ def one_lsb_ops(qm, m) -> dict[str, str]:
     return ops
 
 
+def _measured_inputs(qm, frames: Frames) -> list[np.ndarray]:
+    """The sequences the bound is measured on: whole, and for a per-window output every prefix it is judged on."""
+    if not qm.output.per_window:
+        return list(frames.values)
+    return [seq[:length] for seq in frames.values for length in range(qm.output.span, frames.sequence_length + 1)]
+
+
 def fidelity_bound(qm, frames: Frames) -> FidelityBound:
     """ESP-DL's bound for ``qm`` on ``frames``: int8 exact but where the lint says an op may be 1 LSB off;
     int16 measured from one LSB per operator."""
@@ -121,7 +128,7 @@ def fidelity_bound(qm, frames: Frames) -> FidelityBound:
             for k, hook in enumerate(hooks.values()):
                 hook.trial = trial
                 hook.gen.manual_seed(1000 * t + k)
-        for seq in frames.values:
+        for seq in _measured_inputs(qm, frames):
             clean = nudged = to_graph_input(seq, frames.exponent)
             for k, (m, executor, hooks) in enumerate(runs):
                 clean = executor.forward({"input": clean}, output_names=["output"])[0]

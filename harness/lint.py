@@ -62,12 +62,44 @@ _REPAIR = ("the harness gives each temporal consumer its own StreamingCache; if 
            "streaming_table entry of its own")
 
 
-def check_streaming_structure(model: EspdlModel, path) -> None:
+def _last_frames(model: EspdlModel, node, axis: int) -> int | None:
+    """F when ``node`` is a Slice that keeps the last F frames of ``axis`` (a classifier's input), else None."""
+    if node.op_type != "Slice" or len(node.inputs) < 4 or axis is None:
+        return None
+    consts = [model.initializers.get(name) for name in node.inputs[1:4]]
+    if any(c is None for c in consts):
+        return None
+    starts, ends, axes = ([int(v) for v in np.asarray(c.data).reshape(-1)] for c in consts)
+    axes = [a % 3 for a in axes]
+    if axis not in axes:
+        return None
+    i = axes.index(axis)
+    return -starts[i] if starts[i] < 0 and ends[i] >= 2**31 - 1 else None
+
+
+def _through_transposes(readers: dict, tensor: str, axis: int):
+    """(reader, frame axis of what it reads) for every reader of ``tensor``, looking through Transposes.
+
+    A Transpose only reorders axes (ESP-PPQ puts one before a Flatten to restore NCW order): what matters
+    is the op that reads the frames after it, and on which axis they then lie.
+    """
+    for reader in readers.get(tensor, []):
+        if reader.op_type == "Transpose" and reader.attributes.get("perm"):
+            yield from _through_transposes(readers, reader.outputs[0], list(reader.attributes["perm"]).index(axis))
+        elif reader.inputs and reader.inputs[0] == tensor:
+            yield reader, axis
+        else:
+            yield reader, None
+
+
+def check_streaming_structure(model: EspdlModel, path, frames: int | None = None) -> None:
     """The wiring of an auto-streaming export is one the chip can run, or one line says what is wrong.
 
     Every StreamingCache feeds only temporal ops whose receptive field is its window and whose time padding
     is gone; nothing without time context (an Add, a graph output) reads a cache's ``W + context`` frames; every
-    temporal op that looks at more than one frame is fed by such a cache.
+    temporal op that looks at more than one frame is fed by such a cache. The one reader without time context
+    a cache may have is a Slice of the last F frames (a per-window head) when the cache holds them: F at most
+    its cached frames plus the window of ``frames`` (one frame when not known).
     """
     producers = {out: node for node in model.nodes for out in node.outputs}
     readers: dict[str, list] = {}
@@ -84,7 +116,16 @@ def check_streaming_structure(model: EspdlModel, path) -> None:
                 f"context plus the window), not the window",
                 _REPAIR,
             )
-        for reader in readers.get(out, []):
+        for reader, axis in _through_transposes(readers, out, int(cache.attributes.get("frame_axis", 1))):
+            last = _last_frames(model, reader, axis)
+            if last is not None:
+                if last > window - 1 + (window_frames := frames or 1):
+                    raise QuantizationError(
+                        f"{path}: Slice '{reader.name}' keeps the last {last} frames, but its StreamingCache "
+                        f"'{cache.name}' holds {window - 1} past frames plus a window of {window_frames}",
+                        f"give that tensor a streaming_table entry of window {last} (insert_streaming_cache_on_var(..., {last}))",
+                    )
+                continue
             if reader.op_type not in TEMPORAL_OPS or reader.inputs[0] != out:
                 raise QuantizationError(
                     f"{path}: {reader.op_type} '{reader.name}' reads StreamingCache '{cache.name}' (the window plus "
@@ -116,8 +157,13 @@ def check_streaming_structure(model: EspdlModel, path) -> None:
             )
 
 
-def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout: str, path) -> None:
-    """Run the file on zeros with ESP-DL's shape rules: ``output`` of one window has ``window`` frames."""
+def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout: str, path, form=None,
+                     channels: int | None = None) -> None:
+    """Run the file on zeros with ESP-DL's shape rules: ``output`` of one window has the frames it should.
+
+    One frame per input frame, or, for a per-window output (``form``, ``harness.quantize.OutputForm``), the
+    offline model's output shape (``channels`` elements when it is FLAT).
+    """
     from harness.engine import Engine, EngineError
 
     try:
@@ -132,12 +178,23 @@ def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout
             "check how the sub-model treats the time axis (strides, slices or reductions over time)",
         ) from None
     shape = list(result.shape)
+    if layout == "FLAT":
+        if result.size != channels:
+            raise QuantizationError(
+                f"{path}: output '{output}' is {shape} for a window of {window} frames; the offline model returns "
+                f"{channels} values per call", "check the streaming table: the head must see the frames it reads offline",
+            )
+        return
     frames = shape[1] if layout == "NWC" else shape[-1]
-    if len(shape) != 3 or frames != window:
+    expected = form.frames(window) if form is not None else window
+    if len(shape) != 3 or frames != expected:
+        per_window = form is not None and form.per_window
         raise QuantizationError(
-            f"{path}: output '{output}' is {shape} ({layout}) for a window of {window} frames; a streaming sub-model "
-            f"must return one frame per input frame",
-            "remove time strides or slices over time from the sub-model",
+            f"{path}: output '{output}' is {shape} ({layout}) for a window of {window} frames; "
+            + (f"the offline model returns {expected} frames per call" if per_window
+               else "a streaming sub-model must return one frame per input frame"),
+            "check the streaming table: the head must see the frames it reads offline" if per_window
+            else "remove time strides or slices over time from the sub-model",
         )
 
 

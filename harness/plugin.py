@@ -10,6 +10,7 @@ in the artifact cache, so parametrized cases share them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -67,10 +68,10 @@ class Settings:
     ports: dict[str, list[str]] = field(default_factory=dict)  # boards: serial ports per target
 
     def cases(self) -> list[Case]:
-        return [Case(t, s, w) for t in self.targets for s in self.specs for w in self.windows]
+        return [Case(t, s, w) for t in self.targets for s in self.specs for w in s.windows(t.name, self.windows)]
 
     def model_cases(self) -> list[ModelCase]:
-        return [ModelCase(t, s) for t in self.targets for s in self.specs]
+        return [ModelCase(t, s) for t in self.targets for s in self.specs if s.windows(t.name, self.windows)]
 
 
 def _split(value: str | None) -> list[str]:
@@ -239,19 +240,32 @@ class HilSession:
         key = (qm.spec.name, qm.target.name)
         if key not in self._frames:
             path = self.settings.frames_path
-            frames = frames_from_file(qm, path) if path else generate_frames(qm)
+            embedded = None
+            if qm.spec.exports is not None and not path:  # the user's files: their own test input first
+                from harness.exported import embedded_frames
+
+                embedded = embedded_frames(qm)
+            frames = frames_from_file(qm, path) if path else embedded or generate_frames(qm)
             save_frames(frames, self.settings.artifacts_dir / f"{qm.target.name}-{qm.spec.name}")
             self._frames[key] = frames
             if frames.saturation_warning():
                 warnings.warn(FramesWarning(f"{qm.target.name} {qm.spec.name}: {frames.saturation_warning()}"))
         return self._frames[key]
 
-    def reference(self, qm):
+    def reference(self, qm, length: int | None = None):
+        """ESP-PPQ's simulation on the frames (only their first ``length`` frames when given)."""
+        from harness.per_window import prefix
         from harness.reference import offline_reference
 
-        key = (qm.spec.name, qm.target.name)
+        key = (qm.spec.name, qm.target.name, length)
         if key not in self._references:
-            self._references[key] = offline_reference(qm, self.frames(qm))
+            frames = self.frames(qm)
+            if qm.spec.exports is not None:  # no ESP-PPQ graph: the offline file's embedded test output, if any
+                from harness.exported import embedded_reference
+
+                self._references[key] = embedded_reference(qm, frames)
+            else:
+                self._references[key] = offline_reference(qm, prefix(frames, length) if length else frames)
         return self._references[key]
 
     def fidelity(self, qm):
@@ -260,7 +274,14 @@ class HilSession:
 
         key = (qm.spec.name, qm.target.name)
         if key not in self._fidelity:
-            self._fidelity[key] = fidelity_bound(qm, self.frames(qm))
+            if qm.spec.exports is not None:
+                from harness.fidelity import FidelityBound
+
+                self._fidelity[key] = FidelityBound((1 if qm.bits == 16 else 0,) * len(qm.modules), (
+                    "exported files: the offline file's embedded test output within ESP-DL's Model::test() "
+                    "tolerance (int8 exact, int16 ±1); without ESP-PPQ's graph no per-operator bound is measured"))
+            else:
+                self._fidelity[key] = fidelity_bound(qm, self.frames(qm))
         return self._fidelity[key]
 
     def board(self, target: str):
@@ -275,9 +296,10 @@ class HilSession:
             self._boards[target] = VirtualBoard(target, log).start()
         return self._boards[target]
 
-    def offline_on(self, device, case, run):
-        """The offline exports' outputs on ``device`` for ``case``'s model: ``run()`` once per device and model."""
-        key = (case.target.name, case.spec.name, device.name)
+    def offline_on(self, device, case, run, length: int):
+        """The offline exports' outputs on ``device`` for ``case``'s model on ``length`` frames: ``run()`` once
+        per device, model and length."""
+        key = (case.target.name, case.spec.name, device.name, length)
         if key not in self._offline:
             self._offline[key] = run()
         return self._offline[key]
@@ -342,15 +364,19 @@ def frames(hil_case: Case, hil_session: HilSession, quantized_model):
 
 
 @pytest.fixture
-def reference(hil_session: HilSession, quantized_model, frames):
-    """Stage 2: each sub-model's offline output on the frames, ``QTensor([S, T, C])`` per module."""
-    return hil_session.reference(quantized_model)
+def reference(hil_case: Case, hil_session: HilSession, quantized_model, frames):
+    """Stage 2: each sub-model's offline output on the frames, ``QTensor([S, T, C])`` per module.
 
+    A per-window last module: its output on the prefix ending with each judged window of the case's window
+    size (``harness.per_window``).
+    """
+    from harness.per_window import expected_outputs
 
-@pytest.fixture
-def offline_exports(hil_session: HilSession, quantized_model, frames):
-    """Stage 1: the offline sub-models exported for whole sequences (run on the DUT as one window each)."""
-    return hil_session.quantizer.offline_exports(quantized_model, frames.sequence_length)
+    whole = hil_session.reference(quantized_model)
+    if whole is None:  # exported files without embedded test values for these frames: fidelity is not judged
+        return None
+    return expected_outputs(quantized_model, hil_case.window, frames.sequence_length, whole,
+                            lambda length: hil_session.reference(quantized_model, length))
 
 
 @pytest.fixture
@@ -382,15 +408,25 @@ def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSessi
 
 
 @pytest.fixture
-def device_offline(hil_case: Case, hil_session: HilSession, offline_exports, frames, device):
+def device_offline(hil_case: Case, hil_session: HilSession, quantized_model, frames, device):
     """Stage 4: what the same device computes on the offline exports, each sequence as one window.
 
-    Memoized per device: it does not depend on the case's window size.
+    A per-window last module: on the offline export of each judged prefix (``harness.per_window``).
+    Memoized per device and length: it does not depend on the case's window size.
     """
     from harness.dut import stream_pipeline
+    from harness.per_window import expected_outputs, prefix
 
-    return hil_session.offline_on(device, hil_case, lambda: stream_pipeline(device, offline_exports, frames,
-                                                                             frames.sequence_length))
+    def on(length: int):
+        def run():
+            exports = hil_session.quantizer.offline_exports(quantized_model, length)
+            return stream_pipeline(device, exports, prefix(frames, length), length)
+        return hil_session.offline_on(device, hil_case, run, length)
+
+    whole = on(frames.sequence_length)
+    outputs = expected_outputs(quantized_model, hil_case.window, frames.sequence_length, whole.outputs,
+                               lambda length: on(length).outputs)
+    return dataclasses.replace(whole, outputs=outputs)
 
 
 def _failed(item: pytest.Item) -> bool:

@@ -81,6 +81,8 @@ class ErrorCode(IntEnum):
 class Layout(IntEnum):
     NWC = 0  # frame axis 1: [1, frames, channels]
     NCW = 1  # frame axis 2: [1, channels, frames]
+    FLAT = 2  # the last module's output that is not 3-D ([1, 16], rank 1 or 4): frames 1, channels = its elements,
+    #           in the tensor's memory order (row-major); never a module's input, never split into parts
 
 
 class Schedule(IntEnum):
@@ -283,13 +285,18 @@ class ModuleConfig:
     _S: ClassVar = struct.Struct("<BBB")
 
     def pack(self) -> bytes:
+        if self.input_layout == Layout.FLAT:
+            raise ValueError("input_layout FLAT: a module's input is NWC or NCW (FLAT is for the last module's output)")
         return (_pack(self._S, self.slot, self.input_layout, self.output_layout)
                 + b"".join(_str(s) for s in (self.input, self.output, self.cache_input, self.cache_output)))
 
     @classmethod
     def read(cls, r: _Reader) -> ModuleConfig:
         slot, lin, lout = r.take(cls._S)
-        return cls(slot, r.enum(Layout, lin), r.enum(Layout, lout), r.str(), r.str(), r.str(), r.str())
+        lin, lout = r.enum(Layout, lin), r.enum(Layout, lout)
+        if lin == Layout.FLAT:
+            raise r.fail("input_layout 2 (FLAT): a module's input is NWC or NCW")
+        return cls(slot, lin, lout, r.str(), r.str(), r.str(), r.str())
 
 
 @dataclass(frozen=True)
@@ -473,17 +480,21 @@ class Timing:
 class Output:
     """One module's outputs of ``windows`` consecutive windows (CONFIGURE.output_batch), from ``window`` on;
     or, with ``windows`` 0, a *part* of window ``window``: its frames ``part_first_frame`` ..
-    ``part_first_frame + part_frames - 1`` (protocol.md section 7.7, a window too large for one OUTPUT)."""
+    ``part_first_frame + part_frames - 1`` (protocol.md section 7.7, a window too large for one OUTPUT).
+
+    ``frames`` is the frame count F of one window's output: W for a module before the last, any F >= 1 for the
+    last module (a per-window output, e.g. its last F frames), and 1 for ``Layout.FLAT`` (an output that is not
+    3-D, ``channels`` its element count)."""
 
     window: int  # the batch's first window; a part: its window
     windows: int  # consecutive windows in this message, >= 1; 0: this message is a part of one window
     module: int
     step: int  # the step at which `module` ran on the batch's last window (a part: on its window)
-    layout: Layout
+    layout: Layout  # NWC, NCW, or FLAT (frames 1, never a part)
     bits: int  # 8 or 16
     exponent: int
-    frames: int  # frame-axis size of ONE window's tensor (a part too: the whole window's)
-    channels: int
+    frames: int  # frame-axis size F of ONE window's tensor (a part too: the whole window's); FLAT: 1
+    channels: int  # FLAT: the tensor's element count
     timings: tuple[Timing, ...]  # modules 0..module, each summed over the batch's windows (a part: its window's)
     data: bytes  # `windows` tensors of frames x channels values, each in `layout`, in window order, LE; a part:
     #              part_frames x channels values in `layout` (NCW: per channel, its values of the part's frames)
@@ -514,6 +525,9 @@ class Output:
     def pack(self) -> bytes:
         if self.bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, got {self.bits}")
+        if self.layout == Layout.FLAT and (self.frames != 1 or self.is_part):
+            raise ValueError(f"a FLAT OUTPUT is whole windows of frames 1, got frames {self.frames}, "
+                             f"windows {self.windows}")
         if self.is_part:
             if self.part_frames < 1 or self.part_first_frame + self.part_frames > self.frames:
                 raise ValueError(f"OUTPUT part of frames {self.part_first_frame} + {self.part_frames} does not lie "
@@ -537,6 +551,10 @@ class Output:
         layout = r.enum(Layout, layout)
         if bits not in (8, 16):
             raise r.fail(f"bits {bits} is not 8 or 16")
+        if layout == Layout.FLAT and frames != 1:
+            raise r.fail(f"layout FLAT with frames {frames}: a FLAT output is one row of channels values per window")
+        if layout == Layout.FLAT and windows == 0:
+            raise r.fail("layout FLAT in a part (windows 0): a FLAT output is never split into parts")
         timings = tuple(Timing(*r.take(Timing._S)) for _ in range(n))
         first = count = 0
         if windows == 0:  # a part: its frame range follows the timings
@@ -556,11 +574,12 @@ class Output:
     def array(self) -> np.ndarray:
         """The tensors as int8/int16 ``[windows * frames, channels]`` (NWC, whatever the wire layout):
         each window's block converted from ``layout``, the blocks concatenated along time in window order.
+        FLAT (frames 1): ``[windows, channels]``, one row per window, its elements in the tensor's memory order.
         A part: its frames of the window, ``[part_frames, channels]`` (row i is frame
         ``part_first_frame + i`` of window ``window``); ``join_parts`` assembles a window from its parts."""
         values = np.frombuffer(self.data, dtype=_INT_DTYPES[self.bits // 8])
         blocks, frames = (1, self.part_frames) if self.is_part else (self.windows, self.frames)
-        if self.layout == Layout.NWC:
+        if self.layout in (Layout.NWC, Layout.FLAT):
             values = values.reshape(blocks * frames, self.channels)
         else:
             values = values.reshape(blocks, self.channels, frames).transpose(0, 2, 1)
@@ -571,15 +590,18 @@ class Output:
     def from_array(cls, window: int, module: int, step: int, array: np.ndarray, exponent: int,
                    timings: tuple[Timing, ...] = (), layout: Layout = Layout.NWC, windows: int = 1) -> Output:
         """``array`` is int8/int16 NWC ``[windows * frames, channels]``: ``windows`` blocks of equal frames,
-        first window first; each block is sent in ``layout``."""
+        first window first; each block is sent in ``layout``. FLAT: ``[windows, channels]``, one row per window."""
         a = np.asarray(array)
         if a.ndim != 2 or a.dtype not in (np.int8, np.int16):
             raise ValueError(f"output must be a 2-D int8/int16 array [frames, channels], got {a.dtype} {a.shape}")
         if windows < 1 or a.shape[0] % windows:
             raise ValueError(f"{a.shape[0]} frames cannot be split into {windows} windows of equal frames")
         frames, channels = a.shape[0] // windows, a.shape[1]
+        if layout == Layout.FLAT and frames != 1:
+            raise ValueError(f"a FLAT output is one row per window: [windows, channels], got {a.shape} for "
+                             f"{windows} window(s)")
         blocks = a.reshape(windows, frames, channels)
-        wire = blocks if layout == Layout.NWC else blocks.transpose(0, 2, 1)
+        wire = blocks.transpose(0, 2, 1) if layout == Layout.NCW else blocks
         data = np.ascontiguousarray(wire, dtype=a.dtype.newbyteorder("<")).tobytes()
         return cls(window, windows, module, step, Layout(layout), a.itemsize * 8, exponent, frames, channels,
                    tuple(timings), data)
@@ -589,6 +611,8 @@ class Output:
         header and timings, ``windows`` 0, the range's data in ``layout`` (NCW: per channel)."""
         if self.windows != 1:
             raise ValueError(f"only a one-window OUTPUT is sent in parts, this one has windows {self.windows}")
+        if self.layout == Layout.FLAT:
+            raise ValueError("a FLAT output is never sent in parts")
         if frames < 1 or first_frame < 0 or first_frame + frames > self.frames:
             raise ValueError(f"frames {first_frame} + {frames} do not lie within a window of {self.frames} frames")
         rows = self.array()[first_frame:first_frame + frames]
@@ -747,10 +771,11 @@ def max_frames_per_message(max_payload: int, frame_bytes: int) -> int:
 def max_windows_per_output(max_payload: int, frames: int, channels: int, bits: int, modules: int) -> int:
     """Most windows one OUTPUT can carry within ``max_payload`` (0: not even one fits; at most 0xFFFF).
 
-    ``frames`` x ``channels`` values of ``bits`` (8 or 16) per window; ``modules`` timing records
-    (the reported module's index + 1). CONFIGURE is refused with BAD_CONFIG when ``output_batch``
-    (0 = 1) exceeds this for a reported module, except that when this is 0 an ``output_batch`` of 1 is
-    served in parts (``part_ranges``).
+    ``frames`` x ``channels`` values of ``bits`` (8 or 16) per window, where ``frames`` is the frame count F of
+    one window's output (OUTPUT.frames: W for a module before the last, F for the last, 1 for FLAT);
+    ``modules`` timing records (the reported module's index + 1). CONFIGURE is refused with BAD_CONFIG when
+    ``output_batch`` (0 = 1) exceeds this for a reported module, except that when this is 0 an
+    ``output_batch`` of 1 is served in parts (``part_ranges``; a FLAT output never is: BAD_CONFIG).
     """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
@@ -776,9 +801,9 @@ def max_frames_per_part(max_payload: int, channels: int, bits: int, modules: int
 
 def part_ranges(max_payload: int, frames: int, channels: int, bits: int, modules: int) -> list[tuple[int, int]]:
     """``(part_first_frame, part_frames)`` of every part a device sends for one window of module k
-    (``modules`` = k + 1), in order: ``[]`` when the window fits one OUTPUT (no parts), else parts of
-    ``max_frames_per_part`` frames, the last one the rest. ValueError when not even one frame fits a part
-    (CONFIGURE answers BAD_CONFIG)."""
+    (``modules`` = k + 1) whose output has ``frames`` frames (F, as in ``max_windows_per_output``), in order:
+    ``[]`` when the window fits one OUTPUT (no parts), else parts of ``max_frames_per_part`` frames, the last
+    one the rest. ValueError when not even one frame fits a part (CONFIGURE answers BAD_CONFIG)."""
     if max_windows_per_output(max_payload, frames, channels, bits, modules) > 0:
         return []
     per_part = max_frames_per_part(max_payload, channels, bits, modules)
@@ -790,7 +815,12 @@ def part_ranges(max_payload: int, frames: int, channels: int, bits: int, modules
 
 def split_output(output: Output, max_payload: int) -> list[Output]:
     """What a device sends for ``output``: itself if it fits ``max_payload``, else its window's parts
-    (``output`` must then hold one window: CONFIGURE refuses a batch > 1 that does not fit)."""
+    (``output`` must then hold one window: CONFIGURE refuses a batch > 1 that does not fit, and a FLAT output
+    that does not fit: ValueError)."""
+    if output.layout == Layout.FLAT and max_windows_per_output(max_payload, 1, output.channels, output.bits,
+                                                               len(output.timings)) == 0:
+        raise ValueError(f"a FLAT output of {output.channels} x int{output.bits} does not fit one OUTPUT of "
+                         f"{max_payload} bytes and is never sent in parts")
     ranges = part_ranges(max_payload, output.frames, output.channels, output.bits, len(output.timings))
     if not ranges or output.windows > 1:
         return [output]

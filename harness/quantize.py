@@ -43,7 +43,9 @@ from harness.espdl import load_espdl
 from harness.lint import check_frame_rate, check_interface, check_streaming_structure, lint_model
 from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call, repaired_exports
 from harness.spec import ModelSpec
-from harness.export_repairs import bound_config, check_causal, fold_shared_pads, per_consumer_caches
+from harness.export_repairs import (
+    bound_config, check_causal, fold_shared_pads, layout_transposes, per_consumer_caches, streaming_table_advice,
+)
 from harness.targets import Target
 
 PASSIVE_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad"}
@@ -51,6 +53,36 @@ COPY_OPS = PASSIVE_OPS - {"Concat", "Pad"}  # one input copied as is (Concat and
 OFFLINE_IO = (["input"], ["output"])
 STREAMING_IO = (["input", "cache"], ["output", "cache_out"])
 _VERSIONED = ("esp-ppq", "torch", "onnx", "onnxsim", "numpy")
+
+
+@dataclass(frozen=True)
+class OutputForm:
+    """What a sub-model returns per call: one frame per input frame, or one tensor per window.
+
+    A per-window output (a classifier head: ``[1, classes]``, or the last ``F`` frames) has no
+    frame per input frame; the streamed value of window j is compared with the offline model run on
+    the prefix that ends with window j, once that prefix covers ``span`` frames (the fewest the
+    offline model accepts).
+    """
+
+    per_window: bool = False
+    shape: tuple[int, ...] = ()  # the offline output without its batch axis, e.g. (16,) or (16, 3)
+    span: int = 1  # frames a prefix needs before the offline model can run on it
+
+    @property
+    def flat(self) -> bool:
+        """Not a [channels, frames] tensor: sent as its elements (protocol layout FLAT)."""
+        return self.per_window and len(self.shape) != 2
+
+    def frames(self, window: int) -> int:
+        """Output frames of one window (FLAT: 1 row)."""
+        if not self.per_window:
+            return window
+        return 1 if self.flat else self.shape[1]
+
+    def judged(self, window: int, sequence_length: int) -> list[int]:
+        """Windows whose prefix covers the output span (earlier ones are reported, not judged)."""
+        return [j for j in range(sequence_length // window) if (j + 1) * window >= self.span]
 
 
 @dataclass
@@ -62,12 +94,13 @@ class ModuleArtifacts:
     streaming_graph: object | None  # explicit models: graph with cache input/output; None for auto
     offline_espdl: Path  # offline model with embedded test values (inputs + every tensor)
     in_channels: int
-    out_channels: int
+    out_channels: int  # channels of one output frame; per-window output: elements of a FLAT one
     cache_shape: tuple[int, int] | None  # (channels, frames), NCW as in the graph
     in_exponent: int
     out_exponent: int
     unlocked: list[str] = field(default_factory=list)  # streaming tensors calibrated on their own
     lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation (offline file)
+    output: OutputForm = field(default_factory=OutputForm)  # per frame, or one tensor per window (last module)
 
 
 @dataclass
@@ -90,6 +123,11 @@ class QuantizedModel:
     def input_exponent(self) -> int:
         return self.modules[0].in_exponent
 
+    @property
+    def output(self) -> OutputForm:
+        """The last module's output form (the only one that may be per window)."""
+        return self.modules[-1].output
+
 
 @dataclass(frozen=True)
 class StreamingExport:
@@ -106,7 +144,9 @@ class StreamingExport:
     in_exponent: int
     out_exponent: int
     layouts: dict[str, str]  # on-chip layout of input/output/cache tensors: "NWC" (frame axis 1) or "NCW" (axis 2)
-    out_channels: int  # channels of one output frame
+    out_channels: int  # channels of one output frame (FLAT: elements of the output)
+    out_frames: int  # output frames of one window: the window, or a per-window output's own (FLAT: 1)
+    per_window: bool = False  # one output per window (compared with the offline model on the prefix)
     lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation
 
 
@@ -163,7 +203,12 @@ class Quantizer:
         """The quantized sub-models of ``spec`` for ``target`` (calibrating only on a cache miss)."""
         memo = (spec.name, target.name)
         if memo not in self._models:
-            self._models[memo] = self._load_or_build(spec, target)
+            if spec.exports is not None:  # the user's own files: nothing to quantize
+                from harness.exported import exported_model
+
+                self._models[memo] = exported_model(spec, target, self.cache_dir)
+            else:
+                self._models[memo] = self._load_or_build(spec, target)
         return self._models[memo]
 
     def _load_or_build(self, spec: ModelSpec, target: Target) -> QuantizedModel:
@@ -213,12 +258,20 @@ class Quantizer:
                 onnx_path, platform, spec.bits, [s.unsqueeze(0) for s in sequences], [test_input], locks,
                 out / "logs" / f"{name}.offline.quantize.log",
             )
+            form = _output_form(sub, outputs, sequences[:1])
+            if form.per_window and k < len(submodels) - 1:
+                raise ConfigError(
+                    f"sub-model {k} of '{spec.name}' returns one output per call ({list(outputs.shape)} for "
+                    f"{t} frames), not one frame per input frame, so the next sub-model cannot stream on it",
+                    "only the last sub-model may end in a per-window head; merge the head into the last one",
+                )
             entry = {
                 "index": k,
                 "in_channels": int(sequences.shape[1]),
-                "out_channels": int(outputs.shape[1]),
+                "out_channels": int(math.prod(outputs.shape[1:])) if form.flat else int(outputs.shape[1]),
                 "cache_shape": None,
                 "unlocked": [],
+                "output": {"per_window": form.per_window, "shape": list(form.shape), "span": form.span},
             }
             streaming = None
             cache_shape = getattr(sub, "cache_shape", None) if spec.streaming == "explicit" else None
@@ -353,7 +406,15 @@ class Quantizer:
         error = qm.spec.window_error(window)
         if error:
             raise ConfigError(error, "pick window sizes that divide it (--window-sizes)")
-        return self._exports_of(qm, f"W{window}", lambda m, out: self._export_module(qm, m, window, True, out))
+        if qm.spec.exports is not None:
+            from harness.exported import streaming_export
+
+            return streaming_export(qm, window)
+        table = qm.spec.table_for(window)
+        _check_table(qm, table)
+        kind = f"W{window}" + (f"-table-{hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:12]}"
+                               if table else "")
+        return self._exports_of(qm, kind, lambda m, out: self._export_module(qm, m, window, True, out, table))
 
     def offline_exports(self, qm: QuantizedModel, frames: int) -> list[StreamingExport]:
         """The offline (cache-free) sub-models exported for ``frames`` frames, run as one window (cached).
@@ -361,6 +422,10 @@ class Quantizer:
         The same quantized graphs the streaming files come from: what a DUT computes on them is the
         offline result the streamed one must equal.
         """
+        if qm.spec.exports is not None:
+            from harness.exported import offline_export
+
+            return offline_export(qm, frames)
         return self._exports_of(qm, f"T{frames}", lambda m, out: self._export_module(qm, m, frames, False, out))
 
     def _exports_of(self, qm: QuantizedModel, kind: str, export: Callable) -> list[StreamingExport]:
@@ -383,8 +448,12 @@ class Quantizer:
         self._exports[memo] = exports
         return exports
 
-    def _export_module(self, qm: QuantizedModel, m: ModuleArtifacts, frames: int, streaming: bool, out: Path) -> dict:
-        """Export module ``m`` for windows of ``frames`` frames: streaming (with its state) or offline."""
+    def _export_module(self, qm: QuantizedModel, m: ModuleArtifacts, frames: int, streaming: bool, out: Path,
+                       table: list[dict] = ()) -> dict:
+        """Export module ``m`` for windows of ``frames`` frames: streaming (with its state) or offline.
+
+        ``table``: the spec's manual streaming-table entries (auto models), given to every module's export.
+        """
         import esp_ppq.lib as PFL
 
         platform = qm.target.ppq_platform(qm.bits)
@@ -396,8 +465,10 @@ class Quantizer:
         graph = m.streaming_graph if stateful else m.offline_graph
         if auto:
             check_causal(graph, f"module {m.index} of '{qm.spec.name}'")
+        log = out / f"m{m.index}.export.log"
         with (
-            ppq_call(f"export {qm.spec.name} module {m.index} {what}", out / f"m{m.index}.export.log"),
+            _advised(log, graph, f"module {m.index} of '{qm.spec.name}' {what}"),
+            ppq_call(f"export {qm.spec.name} module {m.index} {what}", log),
             repaired_exports(),
             captured_layouts() as layouts,
         ):
@@ -412,7 +483,9 @@ class Quantizer:
                 graph_input.shape = [1, m.in_channels, -1]
                 try:
                     exporter.export(str(path), graph, auto_streaming=True, streaming_input_shape=shape,
-                                    streaming_custom_passes=[per_consumer_caches], export_config=True)
+                                    streaming_table=[e for e in table if set(e) <= set(graph.variables)] or None,
+                                    streaming_custom_passes=[per_consumer_caches, layout_transposes(set(graph.operations))],
+                                    export_config=True)
                 finally:
                     graph_input.shape = offline_shape
             else:  # no state: the offline graph at this length
@@ -423,7 +496,9 @@ class Quantizer:
                     _retrace(graph, {"input": [1, m.in_channels, qm.spec.sequence_length]})
         self.exports += 1
         names = ["input", "output", *(["cache", "cache_out"] if stateful else [])]
-        missing = [n for n in names if layouts.get(n) not in ("NWC", "NCW")]
+        if m.output.flat:  # not a [1, C, F] tensor: the runner sends its elements (protocol layout FLAT)
+            layouts["output"] = "FLAT"
+        missing = [n for n in names if layouts.get(n) not in ("NWC", "NCW", "FLAT")]
         if missing:
             raise QuantizationError(
                 f"{path}: no 1-D layout recorded for {', '.join(missing)} ({layouts})",
@@ -434,8 +509,8 @@ class Quantizer:
         model = load_espdl(path)
         check_interface(model, inputs, {n: exps[n] for n in names[1::2]}, path)
         if auto:
-            check_streaming_structure(model, path)
-        check_frame_rate(model, qm.target, frames, "output", layouts["output"], path)
+            check_streaming_structure(model, path, frames)
+        check_frame_rate(model, qm.target, frames, "output", layouts["output"], path, m.output, m.out_channels)
         return {
             "module": m.index,
             "window": frames,
@@ -449,7 +524,57 @@ class Quantizer:
             "out_exponent": exps["output"],
             "layouts": {n: layouts[n] for n in names},
             "out_channels": m.out_channels,
+            "out_frames": m.output.frames(frames),
+            "per_window": m.output.per_window,
         }
+
+
+@contextlib.contextmanager
+def _advised(log: Path, graph, what: str):
+    """ESP-PPQ's "insert manually" export error becomes the streaming-table entry to add."""
+    try:
+        yield
+    except QuantizationError as exc:
+        advice = streaming_table_advice(log.read_text() if log.is_file() else "", graph, what)
+        raise (advice or exc) from None
+
+
+def _check_table(qm: QuantizedModel, table: list[dict]) -> None:
+    """Every streaming-table entry names a tensor of some sub-model (ESP-PPQ would only log it)."""
+    import difflib
+
+    known = {n for m in qm.modules for n in m.offline_graph.variables}
+    for entry in table:
+        for name in entry:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                raise ConfigError(
+                    f"model spec {qm.spec.path}: streaming_table names tensor '{name}', which no sub-model of "
+                    f"'{qm.spec.name}' has" + (f" (close: {', '.join(close)})" if close else ""),
+                    "use the tensor names of the ONNX export (netron shows them), e.g. '/out_conv/Conv_output_0'",
+                )
+
+
+def _output_form(sub, outputs, example) -> OutputForm:
+    """Per frame when the output keeps the input's frame axis; else per window, with its span.
+
+    The span is the shortest prefix the float sub-model accepts and answers with the same shape as on
+    a whole sequence (a classifier over the last F frames needs F).
+    """
+    import torch
+
+    t = example.shape[2]
+    if outputs.dim() == 3 and outputs.shape[2] == t:
+        return OutputForm()
+    shape = tuple(int(d) for d in outputs.shape[1:])
+    for span in range(1, t + 1):
+        try:
+            with torch.no_grad():
+                if tuple(sub(example[:, :, t - span:]).shape[1:]) == shape:
+                    break
+        except Exception:  # too short for the model (a slice, a flatten into a Linear): try a longer prefix
+            continue
+    return OutputForm(per_window=True, shape=shape, span=span)
 
 
 def _file_sha256(path: Path) -> str:
@@ -725,6 +850,7 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
                 in_exponent=var_exponent(offline, "input"),
                 out_exponent=var_exponent(offline, "output"),
                 unlocked=entry["unlocked"],
+                output=OutputForm(**{**entry["output"], "shape": tuple(entry["output"]["shape"])}),
                 lint=tuple(str(f) for f in lint_model(load_espdl(directory / f"m{k}.offline.espdl"), target)),
             )
         )

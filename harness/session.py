@@ -151,7 +151,8 @@ def markdown(data: dict) -> str:
     for c in cases:
         streaming = _lsb(c.get("streaming_max_abs_lsb"), c.get("streaming_tolerance_lsb"))
         mismatches = "-" if c.get("streaming_mismatches") is None else f"{c['streaming_mismatches']}/{c.get('total', '?')}"
-        fidelity = _lsb(c.get("fidelity_max_abs_lsb"), c.get("fidelity_bound_lsb"))
+        fidelity = "not judged" if c.get("fidelity_verdict") == "not judged" else _lsb(
+            c.get("fidelity_max_abs_lsb"), c.get("fidelity_bound_lsb"))
         message = (c.get("message") or "").replace("|", "\\|")[:160]
         lines.append(
             f"| {c.get('id', c['nodeid'])} | {c.get('test', '')} | {c['outcome']} | {streaming} | {mismatches} | "
@@ -162,6 +163,9 @@ def markdown(data: dict) -> str:
     reasons = sorted({(c["model"], c["target"], c["fidelity_reason"]) for c in cases if c.get("fidelity_reason")})
     if reasons:
         lines += ["", "## Fidelity bounds", ""] + [f"- **{m}** on {t}: {r}" for m, t, r in reasons]
+    unjudged = sorted({(c["model"], c["target"], c["window"], c["not_judged"]) for c in cases if c.get("not_judged")})
+    if unjudged:
+        lines += ["", "## Reported, not judged", ""] + [f"- **{m}** on {t} W{w}: {n}" for m, t, w, n in unjudged]
     tolerances = sorted({(c["model"], c["tolerance_reason"]) for c in cases if c.get("tolerance_reason")})
     if tolerances:
         lines += ["", "## Streaming tolerances", ""] + [f"- **{m}**: {r}" for m, r in tolerances]

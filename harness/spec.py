@@ -8,9 +8,23 @@ A spec is a Python file defining::
     CONFIG = {"channels": 64, "sequence_length": 36, ...}
     def build_submodels(config) -> list[torch.nn.Module]: ...
 
+Optional, for ``auto`` models: ``streaming_table(config)`` (or ``streaming_table(config, window)``)
+returns the entries ESP-PPQ's ``insert_streaming_cache_on_var`` builds, for tensors its
+auto-streaming cannot cache by itself (a slice of the last frames before a classifier); they go to
+every streaming export, and their value is part of the export's cache key.
+
 The harness reads the keys in ``HARNESS_KEYS`` from ``CONFIG`` (with the
 defaults below); every other key is the model's own and is only hashed into
 the artifact cache key.
+
+Already-exported models (an existing export pipeline, ESP-DL's tutorial files) need no torch code::
+
+    NAME = "my_export"
+    STREAMING = "exported"
+    EXPORTS = {"esp32p4": {"offline": "model.espdl", "streaming": {3: "streaming_model.espdl"}}, ...}
+
+Paths are relative to the spec. ``channels``, ``sequence_length`` and ``bits`` come from the offline
+file; the window sizes are those of the streaming files (``harness.exported``).
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ from typing import Any, Callable
 
 from harness.errors import ConfigError
 
-STREAMING_MODES = ("explicit", "auto")
+STREAMING_MODES = ("explicit", "auto", "exported")
 
 HARNESS_KEYS: dict[str, Any] = {
     "channels": None,  # input channels of the first sub-model (required)
@@ -51,16 +65,26 @@ class ModelSpec:
     streaming: str
     config: dict[str, Any]
     path: Path
-    build_submodels: Callable[[dict], list] = field(repr=False)
+    build_submodels: Callable[[dict], list] | None = field(repr=False)
+    streaming_table: Callable | None = field(default=None, repr=False)
+    exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.exported.ExportedFiles per target
 
     def __getattr__(self, key: str) -> Any:
         if key in HARNESS_KEYS:
             return self.config[key]
         raise AttributeError(key)
 
+    def windows(self, target: str, requested: list[int]) -> list[int]:
+        """The window sizes this model streams on ``target``: the requested ones, or an export's own files."""
+        if self.exports is None:
+            return requested
+        return sorted(self.exports[target].streaming) if target in self.exports else []
+
     def window_error(self, window: int) -> str | None:
         """Why ``window`` cannot stream this model, or None."""
         t = self.sequence_length
+        if self.exports is not None:
+            return None  # the window sizes are those of the exported files
         if window < 1 or t % window:
             divisors = ", ".join(str(d) for d in range(1, t + 1) if t % d == 0)
             return (
@@ -69,9 +93,29 @@ class ModelSpec:
             )
         return None
 
+    def table_for(self, window: int) -> list[dict]:
+        """The spec's streaming-table entries for ``window`` (``[]`` without a ``streaming_table``)."""
+        if self.streaming_table is None:
+            return []
+        fix = "return a list of insert_streaming_cache_on_var(var_name, window_size, op_name) results"
+        try:
+            takes_window = len(inspect.signature(self.streaming_table).parameters) > 1
+            entries = self.streaming_table(dict(self.config), window) if takes_window else self.streaming_table(dict(self.config))
+        except Exception as exc:  # a user function: one line, not a traceback
+            raise _fail(self.path, f"streaming_table() raised {type(exc).__name__}: {exc}", fix) from exc
+        entries = [entries] if isinstance(entries, dict) else entries
+        keys = {"window_size", "op_name", "frame_axis"}
+        if not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, dict) and all(isinstance(v, dict) and set(v) == keys for v in e.values()) for e in entries
+        ):
+            raise _fail(self.path, f"streaming_table() returned {entries!r:.120}", fix)
+        return [{name: dict(entry)} for e in entries for name, entry in e.items()]  # one entry per tensor
+
     def source_digest(self, submodels: list) -> str:
         """sha256 over the spec file and the source files of every module class it builds."""
         files = {self.path}
+        if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
+            files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
         for sub in submodels:
             for module in sub.modules():
                 src = inspect.getsourcefile(type(module))
@@ -119,6 +163,10 @@ def load_spec(path: str | Path) -> ModelSpec:
     streaming = getattr(module, "STREAMING", None)
     if streaming not in STREAMING_MODES:
         raise _fail(path, f"STREAMING is {streaming!r}", f"set STREAMING to one of {', '.join(STREAMING_MODES)}")
+    if streaming == "exported":
+        from harness.exported import load_exported_spec
+
+        return load_exported_spec(module, path, name, {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})})
     build = getattr(module, "build_submodels", None)
     if not callable(build):
         raise _fail(path, "build_submodels(config) is missing", "define it to return the list of sub-models")
@@ -136,7 +184,11 @@ def load_spec(path: str | Path) -> ModelSpec:
             raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
     if config["tolerance_lsb"] and not config["tolerance_reason"]:
         raise _fail(path, "a non-zero tolerance_lsb needs a tolerance_reason", "say why the residual is expected")
-    loaded = ModelSpec(name, streaming, config, path, build)
+    table = getattr(module, "streaming_table", None)
+    if table is not None and (not callable(table) or streaming != "auto"):
+        raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
+                    "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
+    loaded = ModelSpec(name, streaming, config, path, build, table)
     if loaded.window_error(config["calibration_window"]) and streaming == "explicit":
         raise _fail(path, loaded.window_error(config["calibration_window"]), "change CONFIG['calibration_window']")
     return loaded

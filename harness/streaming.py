@@ -136,7 +136,7 @@ class HostStreamer:
             cache.state = None
 
     def step(self, window_frames: np.ndarray, exponent: int) -> list[np.ndarray]:
-        """Run one window ``[W, C]`` through every module; return each module's ``[W, C]`` output."""
+        """Run one window ``[W, C]`` through every module; return each module's ``[W, C]`` output (per window: ``[1, values]``)."""
         self.steps += 1
         x = to_graph_input(window_frames, exponent)
         outputs = []
@@ -147,6 +147,9 @@ class HostStreamer:
                 )
             else:
                 x = executor.forward({"input": x}, output_names=["output"], hooks=hooks)[0]
+            if m.output.per_window:  # a head with one output per window: its shape is the offline one
+                outputs.append(to_chip_output(x, m.out_exponent, self.qm.bits, per_window=True))
+                continue
             if x.shape[TIME_AXIS] != window_frames.shape[0]:
                 raise StreamingError(
                     f"module {k} of '{self.qm.spec.name}' turns {window_frames.shape[0]} frames into "
@@ -162,7 +165,8 @@ def _precise(qm, graph):
 
 
 def stream_on_host(qm, frames: Frames, window: int, exports=None) -> list[QTensor]:
-    """Stream every sequence window by window (caches reset per sequence); outputs per module ``[S, T, C]``."""
+    """Stream every sequence window by window (caches reset per sequence); outputs per module ``[S, T, C]``
+    (a per-window output: ``[S, windows, values]``)."""
     t = frames.sequence_length
     if t % window:
         raise StreamingError(

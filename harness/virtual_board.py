@@ -92,7 +92,8 @@ class ModuleRuntime:
     engine: object
     config: p.ModuleConfig
     input_shape: tuple[int, ...]
-    output_channels: int
+    output_frames: int  # F of one window's output: W before the last module; FLAT: 1
+    output_channels: int  # FLAT: the output's element count
     output_bits: int
     cache: np.ndarray | None = None
 
@@ -257,9 +258,14 @@ class Board:
         if not m.modules or m.window < 1:
             raise BoardError(p.ErrorCode.BAD_CONFIG, "need at least one module and a window of at least one frame")
         runtimes, acks = [], []
+        last = len(m.modules) - 1
         for k, mc in enumerate(m.modules):
             if mc.slot not in self.models:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: slot {mc.slot} holds no model")
+            if mc.input_layout == p.Layout.FLAT:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: input_layout FLAT: a module's input is NWC or NCW")
+            if mc.output_layout == p.Layout.FLAT and k < last:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' is FLAT: only the last module's output (module {last}) may be")
             model, _ = self.models[mc.slot]
             names = {"input": [i.name for i in model.inputs], "output": [o.name for o in model.outputs]}
             for role, name in (("input", mc.input), ("output", mc.output), ("input", mc.cache_input), ("output", mc.cache_output)):
@@ -278,11 +284,8 @@ class Board:
             # like ESP-DL at load: infer every shape from the input (an export's value_info may be stale)
             probe = engine.run({i.name: np.zeros(i.shape, dtype=i.dtype) for i in engine.inputs})[mc.output]
             engine.reset()
-            if probe.ndim != 3 or _frames_of(probe.shape, mc.output_layout) != m.window:
-                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' is {list(probe.shape)} for {m.window} frames in, not {p.Layout(mc.output_layout).name} with {m.window} frames")
-            runtime = ModuleRuntime(
-                engine, mc, tuple(info_in.shape), _channels(probe.shape, mc.output_layout), 8 if probe.dtype == np.int8 else 16
-            )
+            frames, channels = _output_geometry(k, k == last, mc, probe.shape, m.window)
+            runtime = ModuleRuntime(engine, mc, tuple(info_in.shape), frames, channels, 8 if probe.dtype == np.int8 else 16)
             runtimes.append(runtime)
             bits = 8 if info_in.dtype == "int8" else 16
             acks.append(p.ConfigureAckModule(info_in.exponents[0], info_out.exponents[0], bits, _channels(info_in.shape, mc.input_layout), runtime.output_channels))
@@ -292,10 +295,13 @@ class Board:
         batch = max(1, m.output_batch)
         reporting = runtimes if m.flags & p.CONFIGURE_FLAG_ALL_OUTPUTS else runtimes[-1:]
         for k, runtime in enumerate(reporting, start=len(runtimes) - len(reporting)):
-            fit = p.max_windows_per_output(self.max_payload, m.window, runtime.output_channels, runtime.output_bits, k + 1)
+            fit = p.max_windows_per_output(self.max_payload, runtime.output_frames, runtime.output_channels, runtime.output_bits, k + 1)
+            if fit == 0 and runtime.config.output_layout == p.Layout.FLAT:
+                size = runtime.output_channels * runtime.output_bits // 8
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: FLAT output of {runtime.output_channels} x int{runtime.output_bits} ({size} bytes) does not fit one OUTPUT of {self.max_payload} bytes and cannot be sent in parts")
             if batch > 1 and batch > fit:  # a single window that does not fit goes in parts (protocol.md 7.7)
                 parts = " (one window goes in parts with output_batch 1)" if fit == 0 else ""
-                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {m.window} x {runtime.output_channels} do not fit one OUTPUT of {self.max_payload} bytes{parts}")
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: {batch} windows of {runtime.output_frames} x {runtime.output_channels} do not fit one OUTPUT of {self.max_payload} bytes{parts}")
             if fit == 0 and p.max_frames_per_part(self.max_payload, runtime.output_channels, runtime.output_bits, k + 1) == 0:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: one frame of {runtime.output_channels} x int{runtime.output_bits} does not fit an OUTPUT part of {self.max_payload} bytes")
         self.modules, self.configure = runtimes, m
@@ -367,7 +373,8 @@ class Board:
 
     def _add_to_batch(self, task: Task, step: int, y: np.ndarray, timings: list) -> None:
         batch = self._batches.setdefault(task.module, Batch(task.window, cycles=[0] * (task.module + 1), microseconds=[0] * (task.module + 1)))
-        batch.blocks.append(y.astype(y.dtype.newbyteorder("<")).tobytes())
+        # the tensor's memory order: [1, F, C] NWC and [1, C, F] NCW as on the wire; FLAT row-major, ESP-DL's order
+        batch.blocks.append(np.ascontiguousarray(y).reshape(-1).astype(y.dtype.newbyteorder("<")).tobytes())
         for k, timing in enumerate(timings[: task.module + 1]):
             batch.cycles[k] += timing.cycles
             batch.microseconds[k] += timing.microseconds
@@ -384,7 +391,7 @@ class Board:
                 window=batch.first_window, windows=len(batch.blocks), module=module, step=batch.step,
                 layout=runtime.config.output_layout,
                 bits=runtime.output_bits,
-                exponent=runtime.engine.exponent(runtime.config.output), frames=self.configure.window,
+                exponent=runtime.engine.exponent(runtime.config.output), frames=runtime.output_frames,
                 channels=runtime.output_channels,
                 timings=tuple(p.Timing(c, us) for c, us in zip(batch.cycles, batch.microseconds)),
                 data=b"".join(batch.blocks),
@@ -404,6 +411,29 @@ class Board:
 
 def _frames_of(shape, layout) -> int:
     return shape[1] if layout == p.Layout.NWC else shape[2]
+
+
+def _output_geometry(k: int, last: bool, mc: p.ModuleConfig, shape: tuple[int, ...], window: int) -> tuple[int, int]:
+    """(frames, channels) of module k's output of ``shape`` for one window, or BAD_CONFIG (protocol.md section 5):
+    NWC/NCW a 3-D [1, F, C] / [1, C, F] tensor with F = W before the last module and any F >= 1 in it;
+    FLAT (the last module only) any other tensor, as 1 frame of its element count."""
+    what = f"module {k}: output '{mc.output}' is {list(shape)}"
+    if mc.output_layout == p.Layout.FLAT:
+        if len(shape) == 3:
+            raise BoardError(p.ErrorCode.BAD_CONFIG, f"{what}, 3-D: its layout is NWC or NCW, not FLAT")
+        elements = int(np.prod(shape, dtype=np.int64))
+        if not 1 <= elements <= 0xFFFF:
+            raise BoardError(p.ErrorCode.BAD_CONFIG, f"{what}: a FLAT output has 1..65535 elements")
+        return 1, elements
+    if len(shape) != 3 or shape[0] != 1:
+        fix = "make its layout FLAT (2)" if last else "only the last module's output may be FLAT"
+        raise BoardError(p.ErrorCode.BAD_CONFIG, f"{what}, not 3-D [1, ., .]: {fix}")
+    frames, channels = _frames_of(shape, mc.output_layout), _channels(shape, mc.output_layout)
+    if not (1 <= frames <= 0xFFFF and 1 <= channels <= 0xFFFF):
+        raise BoardError(p.ErrorCode.BAD_CONFIG, f"{what}: NWC and NCW take 1..65535 frames and channels")
+    if frames != window and not last:
+        raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' has {frames} frames per window, not {window}: only the last module's may differ")
+    return frames, channels
 
 
 def _channels(shape, layout) -> int:

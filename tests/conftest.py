@@ -37,3 +37,20 @@ def run_pytest(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=cwd, capture_output=True, text=True, timeout=600,
     )
+
+
+@pytest.fixture(scope="session")
+def boards(tmp_path_factory):
+    """``boards(target)`` -> a running virtual board for ``target`` (started again if one died)."""
+    from harness.virtual_board import VirtualBoard
+
+    started = {}
+
+    def board(target: str) -> VirtualBoard:
+        if target not in started or started[target].exit_reason():
+            started[target] = VirtualBoard(target, tmp_path_factory.mktemp("logs") / f"{target}.log").start()
+        return started[target]
+
+    yield board
+    for b in started.values():
+        b.stop()

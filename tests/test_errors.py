@@ -26,7 +26,7 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
         ),
         (["--window-sizes=0,x"], "ERROR: --window-sizes: '0' is not a positive integer; give e.g. --window-sizes 1,3,6."),
         (["--target=esp32c3"], "ERROR: unknown target 'esp32c3'; use one of: esp32p4, esp32s3 (e.g. --target esp32p4)."),
-        (["--models=nosuch"], "ERROR: unknown model(s) nosuch in --models; choose from tcn_auto, tcn_auto16, tcn_seed."),
+        (["--models=nosuch"], "ERROR: unknown model(s) nosuch in --models; choose from tcn_auto, tcn_auto16, tcn_seed, tutorial_tcn."),
     ],
 )
 def test_bad_option_is_one_line(tmp_path, args, message):

@@ -94,6 +94,8 @@ class Hcm1:
     shift: int = 2
     context: int = 0
     window: int = 0  # 0: any window
+    oframes: int = 0  # the output holds the window's last oframes frames (0: all W)
+    orank: int = 3  # the output tensor's rank: 3 is [1, F, cout] / [1, cout, F]; 1, 2, 4 are FLAT shapes
     input: str = "input"
     output: str = "output"
     cycles: int = 0  # 0: the formula (firmware/host/README.md)
@@ -113,8 +115,9 @@ class Hcm1:
                 f"cache_output={self.cache_output or '-'}\ncin={self.cin} cout={self.cout} bits={self.bits} "
                 f"obits={self.obits} ein={self.ein} eout={self.eout} mul={self.mul} add={self.add} "
                 f"shift={self.shift} context={self.context} window={self.window}\n"
-                + "".join(f"{k}={getattr(self, k)}\n" for k in ("cycles", "first_cycles", "counter")
-                          if getattr(self, k))).encode()
+                + "".join(f"{k}={getattr(self, k)}\n" for k in ("cycles", "first_cycles", "counter", "oframes")
+                          if getattr(self, k))
+                + (f"orank={self.orank}\n" if self.orank != 3 else "")).encode()
 
     def run_cycles(self, window: int) -> int:
         """The cycles one run reports (after the first, which the warm-up takes)."""
@@ -137,17 +140,24 @@ class Hcm1:
         y = np.clip(get_target(target).shifter(self.shift)(acc), lo, hi).astype(int_dtype(self.obits))
         return y, ext[w:]
 
+    def sent(self, y: np.ndarray) -> np.ndarray:
+        """What OUTPUT.array() gives for one window's ``y`` [W, cout]: its last ``oframes`` frames [F, cout], or,
+        for a FLAT output (orank != 3), those frames' values in memory order (frame-major) as one row."""
+        y = y[-self.oframes:] if self.oframes else y
+        return y if self.orank == 3 else y.reshape(1, -1)
+
 
 def reference(models: list[Hcm1], frames: np.ndarray, window: int, target: str) -> list[np.ndarray]:
-    """Every module's outputs ``[windows * W, cout]`` for ``frames`` streamed from a RESET (protocol.md 7.1:
-    module k+1 gets module k's output requantized to its exponent, saturated to its own integer range)."""
+    """Every module's outputs as OUTPUT.array() gives them, concatenated over the windows (``[windows * F,
+    cout]``, FLAT ``[windows, F * cout]``) for ``frames`` streamed from a RESET (protocol.md 7.1: module k+1 gets
+    module k's output requantized to its exponent, saturated to its own integer range)."""
     histories = [np.zeros((m.context, m.cin), dtype=np.int64) for m in models]
     outputs: list[list[np.ndarray]] = [[] for _ in models]
     for j in range(len(frames) // window):
         x = frames[j * window:(j + 1) * window]
         for k, m in enumerate(models):
             y, histories[k] = m.run(x, histories[k], target, runs=j)
-            outputs[k].append(y)
+            outputs[k].append(m.sent(y))
             if k + 1 < len(models):
                 nxt = models[k + 1]
                 x = get_target(target).requantize(y, nxt.ein - m.eout, nxt.bits)
@@ -494,7 +504,7 @@ def test_models_and_configurations_are_checked_like_a_real_model(host_build, tmp
         assert link.configure(p.Configure(3, p.Schedule.SEQUENTIAL, 0, 0, 1, (good,)))[0].input_channels == 8
 
 
-@pytest.mark.parametrize("layout", list(p.Layout), ids=lambda layout: layout.name)
+@pytest.mark.parametrize("layout", [p.Layout.NWC, p.Layout.NCW], ids=lambda layout: layout.name)
 def test_parts_carry_the_documented_function(host_runner_for_target, layout):
     """Module 0's window (8 frames x 300 int16 channels, 4800 bytes) goes out in parts of 6 and 2 frames, stored
     part by part (NCW: per channel within each part); module 1's (8 x 2 int8) whole: both equal the reference."""
@@ -520,6 +530,61 @@ def test_parts_carry_the_documented_function(host_runner_for_target, layout):
                                           r"bytes \(one window goes in parts with output_batch 1\)"):
         load(link, models, layouts, 8, p.Schedule.SEQUENTIAL, output_batch=2)
     link.hello()
+
+
+PER_WINDOW_CASES = {  # name: (models, layouts, window, output_batch); the last module gives a per-window output
+    "last-3-of-8-frames-ncw-int16-in-parts": (  # 3 x 700 x int16 = 4200 bytes: parts of 2 and 1 frames
+        [Hcm1(cin=4, cout=5, ein=-5, eout=-4, mul=3, add=1, shift=1, context=2),
+         Hcm1(cin=5, cout=700, bits=8, obits=16, ein=-6, eout=-9, mul=-3, add=5, shift=-2, context=1, oframes=3)],
+        [(p.Layout.NWC, p.Layout.NCW), (p.Layout.NCW, p.Layout.NCW)], 8, 1),
+    "last-frame-nwc-batched": (
+        [Hcm1(cin=4, cout=6, ein=-5, eout=-4, mul=2, add=-1, shift=1, context=1),
+         Hcm1(cin=6, cout=3, ein=-3, eout=-2, mul=5, add=3, shift=2, oframes=1)],
+        [(p.Layout.NCW, p.Layout.NWC), (p.Layout.NWC, p.Layout.NWC)], 4, 4),
+    **{f"flat-rank-{rank}-int{bits}": (
+        [Hcm1(cin=4, cout=6, ein=-5, eout=-4, mul=3, add=1, shift=1, context=2),
+         Hcm1(cin=6, cout=5, obits=bits, ein=-4, eout=-3, mul=-7, add=2, shift=1 if bits == 8 else -4, oframes=2,
+              orank=rank)],
+        [(p.Layout.NWC, p.Layout.NWC), (p.Layout.NWC, p.Layout.FLAT)], 4, 3) for rank, bits in
+        ((1, 8), (2, 16), (4, 8))},
+}
+
+
+@pytest.mark.parametrize("case", list(PER_WINDOW_CASES))
+def test_per_window_outputs_carry_the_documented_function(host_runner_for_target, case):
+    """The last module's last F frames (NWC/NCW, in parts when too large) or its FLAT tensor's elements in memory
+    order equal the reference, through caches, the hand-over and the target's rounding, batched or not."""
+    target, _, link = host_runner_for_target
+    models, layouts, window, batch = PER_WINDOW_CASES[case]
+    last = models[-1]
+    flat = layouts[-1][1] == p.Layout.FLAT
+    frames, channels = (1, last.oframes * last.cout) if flat else (last.oframes, last.cout)
+    acks = load(link, models, layouts, window, p.Schedule.SEQUENTIAL, batch)
+    assert acks[-1].output_channels == channels
+    stream = input_frames(6 * window, models[0].cin, models[0].bits, seed=len(case))
+    outputs: list[p.Output] = []
+    link.stream(stream, outputs.append)
+    mine = [o for o in outputs if o.module == len(models) - 1]
+    assert {(o.frames, o.channels, o.layout) for o in mine} == {(frames, channels, layouts[-1][1])}
+    ranges = p.part_ranges(4096, frames, channels, last.obits, len(models))
+    assert [(o.part_first_frame, o.part_frames) for o in mine if o.is_part] == ranges * (6 if ranges else 0)
+    assert [o.windows for o in mine if not o.is_part] == ([] if ranges else [batch] * (6 // batch) + [6 % batch] * (
+        6 % batch > 0))
+    joined = sorted((o for o in p.join_parts(mine)), key=lambda o: o.window)
+    expected = reference(models, stream, window, target)[-1]
+    assert np.array_equal(np.concatenate([o.array() for o in joined]), expected)
+
+
+def test_per_window_output_rules_of_the_hcm1_backend(host_build, tmp_path):
+    """oframes beyond the window is the model's own BAD_CONFIG; up to the window it is accepted."""
+    with host_runner(host_build, "esp32p4", tmp_path / "runner.log") as (_, link):
+        link.upload(0, "m0.hcm1", Hcm1(oframes=9).blob())
+        with pytest.raises(DeviceError, match=r"BAD_CONFIG.*module 0: output 'output' holds the last 9 frames of a "
+                                              r"window, not 8"):
+            link.configure(p.Configure(8, p.Schedule.SEQUENTIAL, 0, 0, 1, (Hcm1().config(0),)))
+        link.hello()
+        assert link.configure(p.Configure(9, p.Schedule.SEQUENTIAL, 0, 0, 1, (Hcm1().config(0),)))[0].output_channels \
+            == 8
 
 
 def test_a_frame_too_large_for_an_output_part_is_refused(host_build, tmp_path):

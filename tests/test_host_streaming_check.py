@@ -73,14 +73,27 @@ def test_ignored_cache_input_is_one_clear_error(tiny):
     assert "\n" not in str(info.value)
 
 
-def test_an_op_esp_ppq_cannot_stream_is_refused_at_export_in_one_line(tiny, quantizer):
-    from harness.errors import QuantizationError
-
+def test_an_op_esp_ppq_cannot_stream_is_refused_at_export_with_the_table_entry_to_add(tiny, quantizer):
+    """ESP-PPQ refuses a channel Slice (a gated unit's split) in auto-streaming: the error names the exact entry."""
     qm = tiny("fused_gate_auto16")
-    with pytest.raises(QuantizationError, match=r"of type Slice is not supported for AutoStreamingPattern") as info:
+    with pytest.raises(StreamingError, match=r"cannot stream Slice '/1/Slice_1' \(it reads '/1/filter_gate/Conv_output_0'\)"
+                                             r".*add insert_streaming_cache_on_var\('/1/filter_gate/Conv_output_0', 1, "
+                                             r"'/1/Slice_1'\) to the spec's streaming_table\(\)") as info:
         quantizer.streaming_exports(qm, 3)
     assert "\n" not in str(info.value)
 
+
+
+def test_the_named_table_entries_make_that_model_stream_exactly(tiny, quantizer):
+    """The same model with the entries the refusal named: it exports, and streams bit for bit on the host."""
+    qm = tiny("fused_gate_table16")
+    frames = generate_frames(qm)
+    offline = offline_on_host(qm, frames)
+    for window in (1, 3):
+        exports = quantizer.streaming_exports(qm, window)
+        assert all("-table-" in e.path.parent.name for e in exports)  # the table is part of the cache key
+        result = streaming_verdict(offline, stream_on_host(qm, frames, window, exports), window, 0)
+        assert result.passed and all(c.differing == 0 for c in result.comparisons), result.summary()
 
 def test_a_cache_packing_tensors_of_different_exponents_is_refused_in_one_line(tiny):
     """One cache tensor holding two layers' pasts that esp32p4's offline graph quantizes at -5 and -6: the chip keeps

@@ -149,6 +149,7 @@ def errors(items) -> list:
 
 
 VALID = {v["name"]: v for v in VECTORS["vectors"]}
+FRAME_LAYOUTS = (p.Layout.NWC, p.Layout.NCW)  # the layouts of 3-D outputs (FLAT has tests of its own)
 SAMPLE_WIRES = [  # short, with many 0x00 in the body, and with a COBS block longer than 254 bytes
     p.encode(p.Hello(1, 1), 0),
     p.encode(p.Configure(3, p.Schedule.ROUND_ROBIN, 0, 0, 4, (
@@ -258,6 +259,10 @@ EDGE_MESSAGES = [
     p.Output(3, 0, 1, 9, p.Layout.NCW, 16, -1, 5, 3, (p.Timing(1, 2), p.Timing(3, 4)), bytes(range(12)), 3, 2),
     p.Output(0xFFFFFFFF, 0, 255, 0xFFFFFFFF, p.Layout.NWC, 8, 0, 0xFFFF, 1, (), b"\x07", 0xFFFE, 1),
     p.Output(0, 0, 0, 0, p.Layout.NWC, 8, 0, 0xFFFF, 1, (), bytes(60000), 5535, 60000),
+    p.Output(4, 1, 1, 15, p.Layout.FLAT, 8, -3, 1, 16, (p.Timing(1, 2), p.Timing(3, 4)), bytes(range(16))),
+    p.Output(0, 2, 0, 0, p.Layout.FLAT, 16, 0, 1, 16000, (), bytes(64000)),
+    p.Configure(6, p.Schedule.SEQUENTIAL, 0, 0, 16, (p.ModuleConfig(0, p.Layout.NCW, p.Layout.NWC, "x", "y"),
+                                                      p.ModuleConfig(1, p.Layout.NWC, p.Layout.FLAT, "x", "y"))),
     p.Credit(0), p.Credit(0xFFFF),
     *(p.Log(level, "") for level in p.LogLevel), p.Log(p.LogLevel.VERBOSE, "x" * 0xFFF0),
     p.Boot(""), p.Boot("runner\n\x00 ünïcode"),
@@ -350,7 +355,7 @@ def test_frames_and_output_arrays():
         assert (f.first_frame, f.count, f.frame_bytes) == (7, 5, 3 * a.itemsize)
         assert f.data == a.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
         assert np.array_equal(p.Frames.unpack(f.pack()).array(dtype), a)
-        for layout in p.Layout:
+        for layout in FRAME_LAYOUTS:
             o = p.Output.from_array(1, 2, 3, a, -5, (p.Timing(1, 2),), layout)
             back = p.Output.unpack(o.pack())
             assert back.bits == a.itemsize * 8 and (back.frames, back.channels) == (5, 3)
@@ -370,7 +375,7 @@ def test_batched_output_arrays():
         info = np.iinfo(dtype)
         for windows, frames in ((1, 4), (3, 2), (4, 1), (5, 0)):
             a = rng.integers(info.min, info.max, size=(windows * frames, 3), endpoint=True).astype(dtype)
-            for layout in p.Layout:
+            for layout in FRAME_LAYOUTS:
                 o = p.Output.from_array(8, 1, 20, a, -3, (p.Timing(1, 2), p.Timing(3, 4)), layout, windows=windows)
                 assert (o.window, o.windows, o.frames, o.channels) == (8, windows, frames, 3)
                 back = p.Output.unpack(o.pack())
@@ -524,13 +529,17 @@ def test_decode_body_rejects_malformed_content():
             body(0x05, bytes([3, 0, 2, 0, 0, 0, 1, 0, 0])),  # schedule 2
             body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0])),  # header cut short: no module_count
             body(0x05, bytes([3, 0, 0, 0, 0, 0, 0])),  # the header without output_batch
-            body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2, 0]) + b"\x00\x00" * 4),  # input_layout 2
+            body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2, 0]) + b"\x00\x00" * 4),  # input_layout 2 (FLAT)
+            body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 3]) + b"\x00\x00" * 4),  # output_layout 3
             body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0]) + b"\x00\x00" * 3),  # module cut short
             body(0x05, bytes([3, 0, 0, 0, 0, 0, 1, 0, 0]) + bytes(1)),  # 0 modules, 1 trailing byte
             body(0x07, bytes([0, 0, 0, 0, 2, 0, 4, 0]) + bytes(7)),  # 7 data bytes for 2 x 4
             body(0x82, OUT1 + bytes([0, 8, 0, 1, 0, 1, 0, 0])),  # layout 0, 1x1 frame, data missing
             body(0x82, OUT1 + bytes([0, 8, 0, 1, 0, 1, 0, 0]) + bytes(2)),  # 1x1 frame, 2 data bytes
-            body(0x82, OUT1 + bytes([2, 8, 0, 0, 0, 0, 0, 0])),  # layout 2
+            body(0x82, OUT1 + bytes([2, 8, 0, 0, 0, 0, 0, 0])),  # layout 2 (FLAT) with frames 0
+            body(0x82, OUT1 + bytes([2, 8, 0, 2, 0, 1, 0, 0]) + bytes(2)),  # FLAT with frames 2, 2 x 1 data bytes
+            body(0x82, bytes(11) + bytes([2, 8, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0]) + bytes(2)),  # a FLAT part
+            body(0x82, OUT1 + bytes([3, 8, 0, 1, 0, 1, 0, 0]) + bytes(1)),  # layout 3
             body(0x82, OUT1 + bytes([0, 32, 0, 0, 0, 0, 0, 0])),  # bits 32
             body(0x82, OUT1 + bytes([0, 8, 0, 0, 0, 0, 0, 2]) + bytes(8)),  # 2 timings announced, 1 sent
             body(0x82, bytes(11) + bytes([0, 8, 0, 0, 0, 0, 0, 0])),  # windows 0 (and no data)
@@ -859,7 +868,7 @@ def test_split_and_join_round_trip_every_shape_and_layout():
         for frames, channels, modules in ((600, 8, 3), (130, 17, 1), (64, 64, 2), (1000, 3, 8)):
             a = rng.integers(info.min, info.max, size=(frames, channels), endpoint=True).astype(dtype)
             timings = tuple(p.Timing(k, 10 * k) for k in range(modules))
-            for layout in p.Layout:
+            for layout in FRAME_LAYOUTS:
                 whole = p.Output.from_array(9, modules - 1, 77, a, -4, timings, layout)
                 parts = p.split_output(whole, 512)
                 assert len(parts) >= 2 and all(o.is_part for o in parts)
@@ -909,3 +918,75 @@ def test_part_assembler_errors_name_module_window_and_frames():
     assert assembler.add(other) is other and assembler.add(parts[0]) is None and assembler.pending == parts[0]
     assert assembler.add(parts[1]) == whole and assembler.pending is None
     assembler.finish()
+
+
+# --------------------------------------------------------------------------- per-window outputs (section 5)
+
+def test_flat_outputs_are_one_row_per_window():
+    """FLAT: frames 1, channels the element count, data each window's elements in memory order; array() gives
+    [windows, channels]; never a part, never an input layout."""
+    rng = np.random.default_rng(5)
+    for dtype in (np.int8, np.int16):
+        info = np.iinfo(dtype)
+        for windows in (1, 3):
+            rows = rng.integers(info.min, info.max, size=(windows, 16), endpoint=True).astype(dtype)
+            o = p.Output.from_array(7, 1, 20, rows, -4, (p.Timing(1, 2), p.Timing(3, 4)), p.Layout.FLAT, windows)
+            assert (o.layout, o.windows, o.frames, o.channels) == (p.Layout.FLAT, windows, 1, 16)
+            assert o.data == rows.astype(np.dtype(dtype).newbyteorder("<")).tobytes()  # row after row, row-major
+            back = p.Output.unpack(o.pack())
+            assert back == o and back.array().dtype == dtype and np.array_equal(back.array(), rows)
+            assert p.split_output(o, 4096) == [o] and p.join_parts([o]) == [o]
+    # a [1, 2, 3] tensor's elements in memory order are one FLAT row, whatever its rank
+    tensor = np.arange(6, dtype=np.int8).reshape(1, 2, 3)
+    o = p.Output.from_array(0, 0, 0, tensor.reshape(1, -1), 0, layout=p.Layout.FLAT)
+    assert o.data == bytes(range(6)) and o.array().tolist() == [[0, 1, 2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="one row per window"):
+        p.Output.from_array(0, 0, 0, np.zeros((2, 4), dtype=np.int8), 0, layout=p.Layout.FLAT)  # 2 rows, 1 window
+    with pytest.raises(ValueError, match="frames 1"):
+        p.Output(0, 1, 0, 0, p.Layout.FLAT, 8, 0, 2, 2, (), bytes(4)).pack()
+    with pytest.raises(ValueError, match="frames 1"):
+        p.Output(0, 0, 0, 0, p.Layout.FLAT, 8, 0, 1, 2, (), bytes(2), 0, 1).pack()  # a part
+    with pytest.raises(ValueError, match="never sent in parts"):
+        o.part(0, 1)
+    big = p.Output.from_array(0, 1, 0, np.zeros((1, 300), dtype=np.int8), 0, (p.Timing(0, 0),) * 2, p.Layout.FLAT)
+    with pytest.raises(ValueError, match="FLAT output of 300 x int8 does not fit one OUTPUT of 256 bytes"):
+        p.split_output(big, 256)
+    with pytest.raises(ValueError, match="input_layout FLAT"):
+        p.ModuleConfig(0, p.Layout.FLAT, p.Layout.NWC, "x", "y").pack()
+    assert [int(v) for v in p.Layout] == [0, 1, 2] and p.Layout(2).name == "FLAT"
+
+
+def test_per_window_output_vectors():
+    flat = from_json(VALID["output_flat_16_int8"]["message"])
+    assert (flat.layout, flat.windows, flat.frames, flat.channels) == (p.Layout.FLAT, 1, 1, 16)
+    assert flat.array().tolist() == [[21, -7, 0, 33, -128, 127, 2, -2, 9, 0, -45, 64, 1, -1, 100, -100]]
+    runs = plan_schedule(2, 3, p.Schedule.ROUND_ROBIN, 15, flush=True).runs  # module 1 of 2, W = 3
+    assert next(r.step for r in runs if (r.window, r.module) == (4, 1)) == flat.step
+    tail = from_json(VALID["output_batch_2_windows_3_frames"]["message"])
+    assert (tail.layout, tail.window, tail.windows, tail.frames, tail.channels) == (p.Layout.NWC, 2, 2, 3, 2)
+    assert tail.array().tolist() == [[1, -1], [2, 0], [3, -3], [-4, 4], [0, 5], [127, -128]]
+    runs = plan_schedule(1, 6, p.Schedule.SEQUENTIAL, 24).runs  # one module, W = 6: window 3 runs at step 23
+    assert next(r.step for r in runs if r.window == 3) == tail.step
+    # section 7.6: keeping F = 3 of W = 6 frames fits twice as many windows in one OUTPUT
+    assert p.max_windows_per_output(4096, 3, 2, 8, 1) == 2 * p.max_windows_per_output(4096, 6, 2, 8, 1)
+    configure = from_json(VALID["configure_flat_head"]["message"])
+    assert [(m.input_layout, m.output_layout) for m in configure.modules] == [(p.Layout.NWC, p.Layout.NWC),
+                                                                               (p.Layout.NWC, p.Layout.FLAT)]
+    ack = from_json(VALID["ack_configure_flat_head"]["message"])
+    assert (ack.ref_type, ack.ref_seq) == (p.MessageType.CONFIGURE, VALID["configure_flat_head"]["seq"])
+    assert [m.output_channels for m in p.unpack_configure_ack(ack.detail)] == [32, 16]
+    invalid = {v["name"]: v for v in VECTORS["invalid"]}
+    assert {"output_flat_frames", "output_flat_part", "configure_flat_input"} <= set(invalid)
+
+
+def test_doc_specifies_the_output_of_a_window_once():
+    """Section 5 holds the table of output layouts and the table of output checks; the sections that size
+    outputs (7.6, 7.7) and the Python API refer to F, not W."""
+    text = DOC.read_text()
+    assert text.count("| output_layout | module k's output tensor |") == 1
+    assert text.count("| module k's `output` | text |") == 1
+    parts = text[text.index("### 7.7 Output parts"):text.index("## 8. Error handling")]
+    assert "max_windows_per_output(max_payload, F, C, 8 × e, k + 1)" in parts and "⌈F / P⌉" in parts
+    assert "W × C" not in parts and "⌈W / P⌉" not in parts
+    configure = text[text.index("### 0x05 CONFIGURE"):text.index("### 0x06 RESET")]
+    assert "B × F × C × e" in configure and "B × W × C" not in configure

@@ -3,17 +3,24 @@
 Every runner implementation is held to the same behaviour here: framing and
 CRC rejection, resynchronisation after garbage, version negotiation, request
 errors, credits, the schedule (steps of every module run), backlog, batching,
-OUTPUT parts of windows too large for one message, reset and disconnects. Values are checked elsewhere (the device cases compare
-them with the offline reference); here only protocol behaviour counts.
+OUTPUT parts of windows too large for one message, per-window outputs of the last module (fewer frames than the
+window, FLAT), reset and disconnects. Values are checked elsewhere (the device cases compare
+them with the offline reference); here only protocol behaviour counts, and the values of per-window outputs
+(their frames and their elements' order).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import re
+import struct
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,6 +33,33 @@ from harness.frames import Frames
 from harness.scheduler import plan_schedule
 
 TARGET = "esp32p4"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+Module = tuple[str, bytes, p.ModuleConfig]  # (name, blob, config) of one module
+
+# The per-window pipelines (protocol.md section 5, the output of a window): a body that keeps the window's W frames
+# of CHANNELS channels, then a head. NWC/NCW heads keep the last HEAD_FRAMES frames of HEAD_CHANNELS int8 channels
+# ([1, F, C] / [1, C, F]); FLAT heads give FLAT_ELEMENTS int8 values per window, as a rank-2 ("FLAT") or a rank-4
+# ("FLAT4") tensor. Sized so that one window's output fits an OUTPUT of 4096 bytes but not of 256 (parts, or
+# BAD_CONFIG for FLAT), and so that output batches sized by W instead of F would be far smaller.
+HEAD_WINDOW, HEAD_FRAMES, HEAD_CHANNELS, FLAT_ELEMENTS, CHANNELS = 6, 2, 120, 240, 8
+HEAD_KINDS = ("NWC", "NCW", "FLAT", "FLAT4")
+
+
+@dataclass
+class Heads:
+    """A runner's models for per-window outputs, W = HEAD_WINDOW."""
+
+    body: Module  # NWC in and out, W frames
+    heads: dict[str, Module]  # HEAD_KINDS -> the head, input NWC W x CHANNELS, output in the kind's layout
+    # kind -> (one window of input frames [W, CHANNELS] for the head alone, the Output.array() it must give)
+    values: Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+    def pipeline(self, kind: str, layout: p.Layout | None = None) -> list[Module]:
+        """[body, head of ``kind``], the head's output_layout replaced by ``layout`` if given."""
+        name, blob, config = self.heads[kind]
+        config = config if layout is None else dataclasses.replace(config, output_layout=layout)
+        return [self.body, (name, blob, config)]
 
 
 @dataclass
@@ -42,6 +76,7 @@ class Runner:
     # the last module's output in the given layout; None: the runner's models have no such output
     large: Callable[[p.Layout], tuple[int, list[tuple[str, bytes, p.ModuleConfig]]] | None]
     command: list[str] | None  # the device process (None: the virtual board), for a twin with another max_payload
+    heads: Callable[[], Heads]  # built on first use
 
     def reboot(self) -> p.Info:
         self.press_reset()
@@ -91,8 +126,79 @@ def virtual_runner_parts(tmp_path_factory, tiny, quantizer):
         modules = blobs(quantizer.offline_exports(qm, window))
         return (window, modules) if modules[-1][2].output_layout == layout else None
 
-    yield board, modules, qm.spec.channels, large, None
+    yield board, modules, qm.spec.channels, large, None, functools.cache(
+        lambda: virtual_heads(tmp_path_factory.mktemp("heads")))
     board.stop()
+
+
+def virtual_heads(directory: Path) -> Heads:
+    """esp-ppq exports (like tests/engine_models) of a conv body and of heads that end like users' models: a slice
+    of the last frames, a Gemm after Slice and Flatten (ESP-DL's streaming tutorial), a reshape to rank 4. Each is
+    exported with ESP-PPQ's test values, what ESP-DL itself checks a model against: the head alone on its test
+    input must give them, in the tensor's memory order."""
+    import torch
+    from torch import nn
+
+    from engine_models.zoo import Spec, export
+    from harness.espdl import load_espdl
+
+    w, f, c, wide = HEAD_WINDOW, HEAD_FRAMES, CHANNELS, HEAD_CHANNELS
+
+    class Body(nn.Module):  # Conv1d: esp-ppq puts it on chip as NWC [1, W, C] in and out
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(c, c, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    class LastFrames(nn.Module):  # [1, W, C] -> [1, F, wide] (NWC) or [1, wide, F] (NCW)
+        def __init__(self, ncw: bool):
+            super().__init__()
+            self.dense, self.ncw = nn.Linear(c, wide), ncw
+
+        def forward(self, x):
+            y = self.dense(x)
+            return y.transpose(1, 2)[:, :, -f:] if self.ncw else y[:, -f:, :]
+
+    class Classifier(nn.Module):  # conv, the last F frames, Flatten, Gemm: [1, FLAT_ELEMENTS]
+        def __init__(self):
+            super().__init__()
+            self.conv, self.dense = nn.Conv1d(c, 16, 1), nn.Linear(16 * f, FLAT_ELEMENTS)
+
+        def forward(self, x):
+            return self.dense(torch.flatten(torch.relu(self.conv(x))[:, :, -f:], 1))
+
+    class Rank4(nn.Module):  # the last F frames reshaped to [1, F, 2, wide / 2]
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Linear(c, wide)
+
+        def forward(self, x):
+            return self.dense(x)[:, -f:, :].reshape(1, f, 2, wide // 2)
+
+    specs = {"body": Spec("body", Body, (1, c, w)), "NWC": Spec("head-nwc", lambda: LastFrames(False), (1, w, c)),
+             "NCW": Spec("head-ncw", lambda: LastFrames(True), (1, w, c)),
+             "FLAT": Spec("head-flat", Classifier, (1, c, w)), "FLAT4": Spec("head-flat4", Rank4, (1, w, c))}
+    layouts = {"body": p.Layout.NWC, "NWC": p.Layout.NWC, "NCW": p.Layout.NCW, "FLAT": p.Layout.FLAT,
+               "FLAT4": p.Layout.FLAT}
+    modules, models = {}, {}
+    for kind, spec in specs.items():
+        path = export(spec, 0, TARGET, 8, directory)
+        model = models[kind] = load_espdl(path)
+        [x], [y] = model.inputs, model.outputs
+        assert x.shape == (1, w, c), (kind, x.shape)  # on chip: NWC, W frames
+        modules[kind] = (path.name, path.read_bytes(), p.ModuleConfig(0, p.Layout.NWC, layouts[kind], x.name, y.name))
+    assert models["NCW"].outputs[0].shape == (1, wide, f) and models["FLAT"].outputs[0].shape == (1, FLAT_ELEMENTS)
+
+    def values(kind: str) -> tuple[np.ndarray, np.ndarray]:
+        model = models[kind]
+        x = np.asarray(model.test_inputs[model.inputs[0].name].data)
+        y = np.asarray(model.test_outputs[model.outputs[0].name].data).reshape(model.outputs[0].shape)
+        expected = {"NWC": lambda: y[0], "NCW": lambda: y[0].T}.get(kind, lambda: y.reshape(1, -1))()
+        return x.reshape(w, c), expected
+
+    return Heads(modules.pop("body"), modules, values)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +218,28 @@ def host_runner_parts(tmp_path_factory):
         name, blob, config = modules[-1]
         return window, modules[:-1] + [(name, blob, dataclasses.replace(config, output_layout=layout))]
 
-    yield board, hcm1_pipeline, CHANNELS, large, command
+    yield board, hcm1_pipeline, CHANNELS, large, command, host_heads
     board.stop()
+
+
+def host_heads() -> Heads:
+    """HCM1 models (firmware/host/README.md) with the shapes of virtual_heads: ``oframes`` keeps the last frames,
+    ``orank`` gives the FLAT shapes [1, 240] and [1, 1, 2, 120]."""
+    from tests.test_firmware_core import Hcm1, input_frames, reference
+
+    w, f = HEAD_WINDOW, HEAD_FRAMES
+    body = Hcm1(cin=CHANNELS, cout=CHANNELS, ein=-5, eout=-4, mul=3, add=1, shift=1, context=2)
+    wide = dict(cin=CHANNELS, cout=HEAD_CHANNELS, ein=-4, eout=-3, mul=-2, add=5, shift=1, oframes=f)
+    models = {"NWC": Hcm1(**wide), "NCW": Hcm1(**wide), "FLAT": Hcm1(**wide, orank=2), "FLAT4": Hcm1(**wide, orank=4)}
+    layouts = {"NWC": p.Layout.NWC, "NCW": p.Layout.NCW, "FLAT": p.Layout.FLAT, "FLAT4": p.Layout.FLAT}
+
+    def values(kind: str) -> tuple[np.ndarray, np.ndarray]:
+        x = input_frames(w, CHANNELS, 8, seed=7)
+        return x, reference([models[kind]], x, w, TARGET)[0]
+
+    return Heads(("body.hcm1", body.blob(), body.config(0)),
+                 {k: (f"head-{k}.hcm1", m.blob(), m.config(0, p.Layout.NWC, layouts[k])) for k, m in models.items()},
+                 values)
 
 
 RUNNERS = {"virtual": ("virtual_runner_parts", f"virtual {TARGET} board"),
@@ -123,15 +249,23 @@ RUNNERS = {"virtual": ("virtual_runner_parts", f"virtual {TARGET} board"),
 @pytest.fixture(params=list(RUNNERS))
 def runner(request):
     parts, device = RUNNERS[request.param]
-    board, modules, channels, large, command = request.getfixturevalue(parts)
+    board, modules, channels, large, command, heads = request.getfixturevalue(parts)
     if board.exit_reason():  # a test killed it: power it up again
         board.start()
     port = serial.serial_for_url(board.port, baudrate=921600, timeout=0.05)
     link = DeviceLink(port, device, liveness=board.exit_reason)
-    r = Runner(request.param, link, board.reset, board.kill, modules, channels, large, command)
+    r = Runner(request.param, link, board.reset, board.kill, modules, channels, large, command, heads)
     r.reboot()
     yield r
     port.close()
+
+
+def per_frame_exports(window: int, modules: int) -> list:
+    """What harness.dut.run_sequences needs to know of ``modules`` modules whose outputs have a frame per input
+    frame: W rows of Output.array() per window, no per-window output."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(out_frames=window, per_window=False) for _ in range(modules)]
 
 
 def stream_collect(runner: Runner, frames: np.ndarray, first_frame: int = 0) -> list[p.Output]:
@@ -320,7 +454,7 @@ def _without_wall_time(outputs: list[p.Output]) -> list:
              [t.cycles for t in o.timings], o.data) for o in outputs]
 
 
-@pytest.mark.parametrize("layout", list(p.Layout), ids=lambda layout: f"last-module-{layout.name}")
+@pytest.mark.parametrize("layout", [p.Layout.NWC, p.Layout.NCW], ids=lambda layout: f"last-module-{layout.name}")
 @pytest.mark.parametrize("all_modules", [True, False], ids=["all-modules", "last-module-only"])
 def test_a_window_too_large_for_one_output_arrives_in_parts(runner, all_modules, layout, tmp_path):
     large = runner.large(layout)
@@ -365,7 +499,8 @@ def test_a_window_too_large_for_one_output_arrives_in_parts(runner, all_modules,
     # the host's run_sequences joins the parts into the same tensors
     runner.link.hello()
     runner.load(window, flags=flags, output_batch=1, modules=modules)
-    result = run_sequences(runner.link, Frames(frames[None], 0, TARGET, None, "test"), window, n, all_modules)
+    result = run_sequences(runner.link, Frames(frames[None], 0, TARGET, None, "test"), window,
+                           per_frame_exports(window, n), all_modules)
     for k, tensor in zip(reported, result.outputs):
         expected = np.concatenate([o.array() for o in sorted(whole, key=lambda o: o.window) if o.module == k])
         assert np.array_equal(tensor.data[0], expected), k
@@ -443,7 +578,7 @@ def _run_scripted(outputs: list[list[p.Output]]):
     link = DeviceLink(ScriptedDevice(outputs), "scripted board")
     link.hello()
     frames = Frames(np.zeros((len(outputs), 20, 3), dtype=np.int16), 0, TARGET, None, "test")
-    return run_sequences(link, frames, 10, 1, all_modules=False)
+    return run_sequences(link, frames, 10, per_frame_exports(10, 1), all_modules=False)
 
 
 def test_host_joins_parts_into_windows_and_counts_their_timings_once():
@@ -475,3 +610,195 @@ def test_host_refuses_parts_that_do_not_make_a_window(outputs, match):
     with pytest.raises(p.ProtocolError, match=r"^scripted board sent the OUTPUT parts of " + match) as e:
         _run_scripted([outputs])
     assert isinstance(e.value, p.OutputPartError) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- per-window outputs (protocol.md 5)
+
+def output_check_text(row: str, k: int, name: str, shape=None, frames=None, window=None, last=None, channels=None,
+                      bits=8, max_payload=None) -> str:
+    """The BAD_CONFIG text protocol.md's table of output checks gives for the row whose first cell starts with
+    ``row``, filled in: the one spelling both runners are held to."""
+    text = DOC.read_text()
+    table = text[text.index("| module k's `output` | text |"):].split("\n\n")[0].splitlines()[2:]
+    [template] = [re.search(r"`([^`]+)`", line.split(" | ")[1])[1] for line in table if line.startswith(f"| {row}")]
+    size = f"{channels} x int{bits} ({channels * bits // 8} bytes)" if channels else None
+    filled = template
+    for token, value in (("module k:", f"module {k}:"), ("'y'", f"'{name}'"), ("is S", f"is {shape}"),
+                         ("(module N−1)", f"(module {last})"), ("has F frames", f"has {frames} frames"),
+                         ("not W:", f"not {window}:"), ("C x int8 (n bytes)", size),
+                         ("of M bytes", f"of {max_payload} bytes")):
+        if token in filled:
+            assert value is not None and "None" not in value, (row, token)
+            filled = filled.replace(token, value)
+    return filled
+
+
+def refused(match_text: str, call, code=p.ErrorCode.BAD_CONFIG) -> None:
+    """``call()`` is answered with ERROR ``code`` whose text is exactly ``match_text``."""
+    with pytest.raises(DeviceError) as e:
+        call()
+    assert e.value.code == code and e.value.cause.endswith(f": {match_text}"), e.value.cause
+
+
+def _configure(link: DeviceLink, modules: list[Module], flags=p.CONFIGURE_FLAG_ALL_OUTPUTS, output_batch: int = 1):
+    """Upload and configure ``modules`` for windows of HEAD_WINDOW frames: the ACK's module records."""
+    for slot, (name, blob, _) in enumerate(modules):
+        link.upload(slot, name, blob)
+    return link.configure(p.Configure(HEAD_WINDOW, p.Schedule.ROUND_ROBIN, flags, 0, output_batch, tuple(
+        dataclasses.replace(c, slot=slot) for slot, (_, _, c) in enumerate(modules))))
+
+
+def _frames(windows: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-128, 128, (windows * HEAD_WINDOW, CHANNELS), dtype=np.int8)
+
+
+@pytest.mark.parametrize("layout", [p.Layout.NWC, p.Layout.NCW], ids=lambda layout: layout.name)
+@pytest.mark.parametrize("all_modules", [True, False], ids=["all-modules", "last-module-only"])
+def test_the_last_module_may_give_fewer_frames_than_the_window(runner, layout, all_modules):
+    """Module N-1's [1, F, C] / [1, C, F] output with F < W: OUTPUT.frames is F, a window's data F x C values;
+    module 0, whose output feeds module 1, keeps its W frames."""
+    flags = p.CONFIGURE_FLAG_ALL_OUTPUTS if all_modules else 0
+    acks = _configure(runner.link, runner.heads().pipeline(layout.name), flags)
+    assert [a.output_channels for a in acks] == [CHANNELS, HEAD_CHANNELS]
+    outputs = stream_collect(runner, _frames(4))
+    heads = [o for o in outputs if o.module == 1]
+    assert [(o.window, o.windows, o.layout, o.frames, o.channels) for o in heads] == [
+        (j, 1, layout, HEAD_FRAMES, HEAD_CHANNELS) for j in range(4)]
+    assert all(o.array().shape == (HEAD_FRAMES, HEAD_CHANNELS) for o in heads)
+    assert {(o.frames, o.channels) for o in outputs if o.module == 0} == ({(HEAD_WINDOW, CHANNELS)} if all_modules
+                                                                          else set())
+    plan = plan_schedule(2, HEAD_WINDOW, p.Schedule.ROUND_ROBIN, 4 * HEAD_WINDOW, flush=True)
+    assert sorted((o.window, o.module, o.step) for o in outputs) == sorted(
+        (r.window, r.module, r.step) for r in plan.runs if all_modules or r.module == 1)
+
+
+@pytest.mark.parametrize("kind", ["FLAT", "FLAT4"])
+def test_a_flat_last_module_gives_one_row_per_window(runner, kind):
+    """A last module whose output is not 3-D ([1, 240], [1, 2, 2, 60] / [1, 1, 2, 120]), configured FLAT: frames 1,
+    channels its element count (the ACK's output_channels too), Output.array() one row per window."""
+    acks = _configure(runner.link, runner.heads().pipeline(kind), flags=0, output_batch=3)
+    assert acks[1].output_channels == FLAT_ELEMENTS
+    outputs = stream_collect(runner, _frames(4))
+    assert [(o.module, o.window, o.windows, o.layout, o.frames, o.channels) for o in outputs] == [
+        (1, 0, 3, p.Layout.FLAT, 1, FLAT_ELEMENTS), (1, 3, 1, p.Layout.FLAT, 1, FLAT_ELEMENTS)]
+    assert [o.array().shape for o in outputs] == [(3, FLAT_ELEMENTS), (1, FLAT_ELEMENTS)]
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_per_window_outputs_carry_the_models_values_in_memory_order(runner, kind):
+    """The head alone on one window: its OUTPUT is what the model computes (the virtual board: ESP-PPQ's test
+    values, which ESP-DL checks the model against; host-core: the HCM1 reference), F frames in the configured
+    layout or the FLAT tensor's elements in row-major order."""
+    heads = runner.heads()
+    x, expected = heads.values(kind)
+    _configure(runner.link, [heads.heads[kind]], flags=0)
+    [out] = stream_collect(runner, x)
+    assert out.frames == (1 if kind.startswith("FLAT") else HEAD_FRAMES)
+    assert np.array_equal(out.array(), expected)
+
+
+@pytest.mark.parametrize("kind", ["NWC", "NCW", "FLAT"])
+def test_per_window_outputs_are_batched_by_their_own_frames(runner, kind):
+    """output_batch up to max_windows_per_output(max_payload, F, C, ...): F frames of the last module's output, not
+    the W of its input window (with W the same batch would not fit one OUTPUT)."""
+    frames, channels = (1, FLAT_ELEMENTS) if kind == "FLAT" else (HEAD_FRAMES, HEAD_CHANNELS)
+    batch = p.max_windows_per_output(4096, frames, channels, 8, 2)
+    assert runner.link.max_payload == 4096 and batch > p.max_windows_per_output(4096, HEAD_WINDOW, channels, 8, 2)
+    pipeline = runner.heads().pipeline(kind)
+    refused(f"module 1: {batch + 1} windows of {frames} x {channels} do not fit one OUTPUT of 4096 bytes",
+            lambda: _configure(runner.link, pipeline, flags=0, output_batch=batch + 1))
+    runner.link.hello()
+    _configure(runner.link, pipeline, flags=0, output_batch=batch)
+    stream = _frames(batch + 1)
+    batched = stream_collect(runner, stream)
+    assert [(o.window, o.windows, o.frames) for o in batched] == [(0, batch, frames), (batch, 1, frames)]
+    assert max(len(o.pack()) for o in batched) <= 4096
+    _configure(runner.link, pipeline, flags=0, output_batch=1)
+    single = stream_collect(runner, stream)
+    assert np.array_equal(np.concatenate([o.array() for o in batched]), np.concatenate([o.array() for o in single]))
+
+
+@pytest.mark.parametrize("layout", [p.Layout.NWC, p.Layout.NCW], ids=lambda layout: layout.name)
+def test_a_per_window_output_too_large_for_one_output_arrives_in_parts_of_its_frames(runner, layout, tmp_path):
+    """At max_payload 256 the head's F x C = 240 bytes do not fit one OUTPUT: the window goes in parts that split
+    its F frames (not W), and joined they are what a 4096-byte device sends whole."""
+    pipeline = runner.heads().pipeline(layout.name)
+    stream = _frames(3)
+    _configure(runner.link, pipeline)
+    whole = stream_collect(runner, stream)
+    assert not any(o.is_part for o in whole)
+    with twin_device(runner, tmp_path, max_payload=256) as small:
+        _configure(small, pipeline)
+        received: list[p.Output] = []
+        small.stream(stream, received.append)
+    ranges = p.part_ranges(256, HEAD_FRAMES, HEAD_CHANNELS, 8, 2)
+    assert ranges == [(0, 1), (1, 1)]
+    heads = [o for o in received if o.module == 1]
+    assert [(o.window, o.part_first_frame, o.part_frames, o.frames) for o in heads] == [
+        (j, first, count, HEAD_FRAMES) for j in range(3) for first, count in ranges]
+    assert not any(o.is_part for o in received if o.module == 0)  # the body's 6 x 8 bytes fit
+    assert _without_wall_time(p.join_parts(received, small.name)) == _without_wall_time(whole)
+
+
+@pytest.mark.parametrize("case", ["flat-before-last", "frames-before-last", "flat-on-3-d", "3-d-layout-on-rank-2",
+                                  "3-d-layout-on-rank-4"])
+def test_configure_refuses_an_output_only_the_last_module_may_give(runner, case):
+    """The BAD_CONFIG texts of protocol.md's table of output checks, exactly, on both runners."""
+    heads = runner.heads()
+    body, flat, nwc = heads.body, heads.heads["FLAT"], heads.heads["NWC"]
+    shape = {"FLAT": [1, FLAT_ELEMENTS], "FLAT4": ([1, HEAD_FRAMES, 2, HEAD_CHANNELS // 2] if runner.name == "virtual"
+                                                   else [1, 1, HEAD_FRAMES, HEAD_CHANNELS])}
+    if case == "flat-before-last":  # a FLAT head first: refused before its model is looked at
+        modules = [flat, body]
+        text = output_check_text("FLAT, and k < N − 1", 0, flat[2].output, last=1)
+    elif case == "frames-before-last":
+        modules = [nwc, body]
+        text = output_check_text("NWC/NCW, k < N − 1 and F ≠ W", 0, nwc[2].output, frames=HEAD_FRAMES,
+                                 window=HEAD_WINDOW)
+    elif case == "flat-on-3-d":
+        modules = heads.pipeline("NWC", p.Layout.FLAT)
+        text = output_check_text("FLAT, and 3-D", 1, nwc[2].output, shape=[1, HEAD_FRAMES, HEAD_CHANNELS])
+    else:
+        kind = "FLAT" if case.endswith("rank-2") else "FLAT4"
+        modules = heads.pipeline(kind, p.Layout.NCW)
+        text = output_check_text("NWC/NCW, and not 3-D", 1, heads.heads[kind][2].output, shape=shape[kind])
+    refused(text, lambda: _configure(runner.link, modules))
+    runner.link.hello()
+    with pytest.raises(DeviceError, match="NOT_CONFIGURED"):  # a refused CONFIGURE leaves none
+        runner.link.reset()
+
+
+def test_flat_is_never_an_input_layout(runner):
+    """A CONFIGURE whose module has input_layout 2 (the Python codec does not even pack one) is a payload error."""
+    name, blob, config = runner.heads().body
+    runner.link.upload(0, name, blob)
+    record = bytes([0, p.Layout.FLAT, p.Layout.NWC]) + b"".join(
+        struct.pack("<H", len(s.encode())) + s.encode() for s in (config.input, config.output, config.cache_input,
+                                                                   config.cache_output))
+    payload = struct.pack("<HBBHHB", HEAD_WINDOW, 0, 0, 0, 1, 1) + record
+    seq = runner.link._tx_seq
+    head = bytes([p.MessageType.CONFIGURE]) + struct.pack("<HH", seq, len(payload)) + payload
+    runner.link.port.write(cobs_frame(head + struct.pack("<I", zlib.crc32(head))))
+    runner.link._tx_seq += 1
+    reply = runner.link.receive().message
+    assert (reply.code, reply.ref_type, reply.ref_seq) == (p.ErrorCode.BAD_PAYLOAD, p.MessageType.CONFIGURE, seq)
+    assert "input_layout 2 (FLAT)" in reply.text
+
+
+def cobs_frame(body: bytes) -> bytes:
+    from cobs import cobs
+
+    return cobs.encode(body) + b"\x00"
+
+
+@pytest.mark.parametrize("kind", ["FLAT", "FLAT4"])
+def test_a_flat_output_too_large_for_one_output_is_refused(runner, kind, tmp_path):
+    """One frame cannot be split: a FLAT output of 240 int8 values does not fit an OUTPUT of 256 bytes."""
+    pipeline = runner.heads().pipeline(kind)
+    assert p.max_windows_per_output(256, 1, FLAT_ELEMENTS, 8, 2) == 0 < p.max_windows_per_output(4096, 1,
+                                                                                                  FLAT_ELEMENTS, 8, 2)
+    with twin_device(runner, tmp_path, max_payload=256) as small:
+        text = output_check_text("reported, FLAT", 1, "", channels=FLAT_ELEMENTS, max_payload=256)
+        for flags in (0, p.CONFIGURE_FLAG_ALL_OUTPUTS):
+            refused(text, lambda: _configure(small, pipeline, flags=flags))
+            small.hello()

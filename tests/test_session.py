@@ -20,11 +20,12 @@ def test_target_option_selects_the_cases(tmp_path):
     both = collected(f"--artifacts-dir={tmp_path}")
     p4 = collected(f"--artifacts-dir={tmp_path}", "--target=esp32p4")
     main = [c for c in p4 if c.startswith("test_streamed_matches_offline[")]
-    assert len(main) == 3 * 3  # model families (tcn_seed, tcn_auto, tcn_auto16) x default window sizes
+    assert len(main) == 4 * 3  # model families (tcn_seed, tcn_auto, tcn_auto16, tutorial_tcn) x default window sizes
     assert "test_streamed_matches_offline[esp32p4-tcn_auto16-W6]" in p4
     assert len(both) == 2 * len(p4)
     assert "test_streamed_matches_offline[esp32p4-tcn_seed-W3]" in p4
     assert "test_host_streaming_matches_offline[esp32p4-tcn_seed-W3]" in p4
+    assert "test_streamed_matches_offline[esp32p4-tutorial_tcn-W3]" in p4
     assert all("[esp32p4-" in case for case in p4)
     assert {c.split("[")[1].split("-")[0] for c in both} == {"esp32p4", "esp32s3"}
 

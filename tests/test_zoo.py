@@ -27,7 +27,6 @@ from harness.reference import offline_reference
 from harness.spec import load_spec
 from harness.streaming import offline_on_host, stream_on_host
 from harness.targets import get_target
-from harness.virtual_board import VirtualBoard
 
 ZOO = sorted(p for p in (Path(__file__).parent / "zoo").glob("*.py") if p.name != "blocks.py")
 
@@ -37,20 +36,6 @@ def windows_for(length: int) -> list[int]:
     divisors = [d for d in range(2, length) if length % d == 0]
     odd = [d for d in divisors if d % 2]
     return sorted({1, *(odd[:1]), *(divisors[-1:])})
-
-
-@pytest.fixture(scope="module")
-def boards(tmp_path_factory):
-    started = {}
-
-    def board(target: str) -> VirtualBoard:
-        if target not in started or started[target].exit_reason():
-            started[target] = VirtualBoard(target, tmp_path_factory.mktemp("logs") / f"{target}.log").start()
-        return started[target]
-
-    yield board
-    for b in started.values():
-        b.stop()
 
 
 def test_the_zoo_covers_what_users_write():

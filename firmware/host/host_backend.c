@@ -24,6 +24,7 @@ typedef struct {
     char cache_input[RC_MAX_NAME]; /* "" = no cache */
     char cache_output[RC_MAX_NAME];
     long cin, cout, bits, obits, ein, eout, mul, add, shift, context, window;
+    long oframes, orank;                /* the output: its last `oframes` frames (0: all), its rank (README.md) */
     long cycles, first_cycles, counter; /* timings and state for the core's tests (README.md) */
 } hcm1_model_t;
 
@@ -34,6 +35,7 @@ typedef struct {
     rc_layout_t input_layout;
     rc_layout_t output_layout;
     uint16_t window;
+    uint16_t frames; /* of one window's output: the last `frames` of the window's */
     int32_t *cache; /* context x cin */
     int32_t *next;  /* the cache being built by a run */
     long runs;      /* since the last reset or bind (counter=1 adds it to every output) */
@@ -101,6 +103,8 @@ static const key_spec_t KEYS[] = {
     {"shift", KEY_NUMBER, -16, 30, 1, FIELD(shift)},
     {"context", KEY_NUMBER, 0, MAX_CONTEXT, 1, FIELD(context)},
     {"window", KEY_NUMBER, 0, 65535, 0, FIELD(window)},
+    {"oframes", KEY_NUMBER, 0, 65535, 0, FIELD(oframes)},
+    {"orank", KEY_NUMBER, 1, 4, 0, FIELD(orank)}, /* default 3 */
     {"cycles", KEY_NUMBER, 0, 2147483647L, 0, FIELD(cycles)},
     {"first_cycles", KEY_NUMBER, 0, 2147483647L, 0, FIELD(first_cycles)},
     {"counter", KEY_NUMBER, 0, 1, 0, FIELD(counter)},
@@ -229,6 +233,9 @@ static rc_error_t parse_model(hcm1_model_t *m, const uint8_t *data, size_t size,
     if (!seen[key_index("obits")]) {
         m->obits = m->bits;
     }
+    if (!seen[key_index("orank")]) {
+        m->orank = 3;
+    }
     return check_model(m, seen, err, errlen);
 }
 
@@ -291,6 +298,32 @@ static rc_error_t check_tensors(const hcm1_model_t *m, const rc_module_config_t 
     return RC_OK;
 }
 
+/* The output tensor of one window (README.md, `orank`): rank 3 follows the configured layout, [1, F, cout] or
+ * [1, cout, F]; rank 1 is [F x cout], 2 [1, F x cout], 4 [1, 1, F, cout], each frame-major in memory. */
+static void output_shape(const host_module_t *mod, rc_shape_t *shape)
+{
+    uint32_t f = mod->frames, c = (uint32_t)mod->model.cout;
+    memset(shape, 0, sizeof *shape);
+    shape->rank = (uint8_t)mod->model.orank;
+    switch (mod->model.orank) {
+    case 1: shape->dims[0] = f * c; break;
+    case 2: shape->dims[0] = 1; shape->dims[1] = f * c; break;
+    case 3:
+        shape->dims[0] = 1;
+        shape->dims[1] = mod->output_layout == RC_LAYOUT_NCW ? c : f;
+        shape->dims[2] = mod->output_layout == RC_LAYOUT_NCW ? f : c;
+        break;
+    default: shape->dims[0] = 1; shape->dims[1] = 1; shape->dims[2] = f; shape->dims[3] = c; break;
+    }
+}
+
+/* Where output value (frame t of the output's F, channel c) goes in the output tensor's memory. */
+static size_t output_at(const host_module_t *mod, size_t t, size_t c)
+{
+    return mod->model.orank == 3 && mod->output_layout == RC_LAYOUT_NCW ? c * mod->frames + t
+                                                                         : t * (size_t)mod->model.cout + c;
+}
+
 rc_error_t host_module_bind(host_backend_t *b, uint8_t module, const rc_module_config_t *cfg, uint16_t window,
                             rc_module_info_t *info, char *err, size_t errlen)
 {
@@ -308,6 +341,10 @@ rc_error_t host_module_bind(host_backend_t *b, uint8_t module, const rc_module_c
         return fail(RC_ERR_BAD_CONFIG, err, errlen, "input '%s' takes %ld frames, not %u", m->input, m->window,
                     window);
     }
+    if (m->oframes > window) {
+        return fail(RC_ERR_BAD_CONFIG, err, errlen, "output '%s' holds the last %ld frames of a window, not %u",
+                    m->output, m->oframes, window);
+    }
     cache_values = (size_t)(m->context * m->cin);
     free(mod->cache);
     free(mod->next);
@@ -323,12 +360,13 @@ rc_error_t host_module_bind(host_backend_t *b, uint8_t module, const rc_module_c
     mod->input_layout = cfg->input_layout;
     mod->output_layout = cfg->output_layout;
     mod->window = window;
+    mod->frames = (uint16_t)(m->oframes ? m->oframes : window);
     info->input_exponent = (int8_t)m->ein;
     info->output_exponent = (int8_t)m->eout;
     info->input_bits = (uint8_t)m->bits;
     info->output_bits = (uint8_t)m->obits;
     info->input_channels = (uint16_t)m->cin;
-    info->output_channels = (uint16_t)m->cout;
+    output_shape(mod, &info->output_shape);
     return RC_OK;
 }
 
@@ -384,15 +422,14 @@ rc_error_t host_module_run(host_backend_t *b, uint8_t module, const void *input,
         return fail(RC_ERR_INTERNAL, err, errlen, "module %u is not bound", module);
     }
     (void)clock_gettime(CLOCK_MONOTONIC, &start);
-    for (t = 0; t < w; t++) {
+    for (t = w - mod->frames; t < w; t++) { /* the output holds the window's last `frames` frames */
         for (c = 0; c < m->cout; c++) {
             long ci = c % m->cin;
             int64_t acc = (int64_t)m->mul * history(mod, x, t, ci) + m->add + (m->counter ? mod->runs : 0);
             for (d = 1; d <= m->context; d++) {
                 acc += history(mod, x, t - d, ci);
             }
-            rc_value_set((uint8_t *)output, rc_value_at(mod->output_layout, (size_t)t, (size_t)c, (size_t)w,
-                                                        (size_t)m->cout),
+            rc_value_set((uint8_t *)output, output_at(mod, (size_t)(t - (w - mod->frames)), (size_t)c),
                          (unsigned)m->obits, rc_requantize(acc, (int)m->shift, b->rounding, (unsigned)m->obits));
         }
     }

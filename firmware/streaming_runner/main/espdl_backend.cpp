@@ -20,9 +20,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <new>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -183,18 +185,45 @@ rc_error_t model_load(void *ctx, uint8_t slot, const uint8_t *data, uint32_t siz
     return RC_OK;
 }
 
+// The element size of an int8/int16 tensor whose exponent fits an i8 and whose elements are exactly its
+// shape's (no padding: the core copies get_size() elements); 0 for anything else.
+uint8_t element_bits(dl::TensorBase *t)
+{
+    std::vector<int> shape = t->get_shape();
+    const int64_t elements = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+    dl::dtype_t dtype = t->get_dtype();
+    uint8_t bits = dtype == dl::DATA_TYPE_INT8 ? 8 : dtype == dl::DATA_TYPE_INT16 ? 16 : 0;
+    bool plain = elements == t->get_size() && t->get_exponent() >= INT8_MIN && t->get_exponent() <= INT8_MAX;
+    return plain ? bits : 0;
+}
+
 // Frames and channels of a [1, ., .] int8/int16 tensor in `layout`; false for anything else.
 bool geometry(dl::TensorBase *t, rc_layout_t layout, int *frames, int *channels, uint8_t *bits)
 {
     std::vector<int> shape = t->get_shape();
-    dl::dtype_t dtype = t->get_dtype();
-    if (shape.size() != 3 || shape[0] != 1 || t->get_size() != shape[1] * shape[2]) {
+    *bits = element_bits(t);
+    if (shape.size() != 3 || shape[0] != 1 || *bits == 0) {
         return false;
     }
     *frames = layout == RC_LAYOUT_NWC ? shape[1] : shape[2];
     *channels = layout == RC_LAYOUT_NWC ? shape[2] : shape[1];
-    *bits = dtype == dl::DATA_TYPE_INT8 ? 8 : dtype == dl::DATA_TYPE_INT16 ? 16 : 0;
-    return *bits != 0 && *channels <= UINT16_MAX && t->get_exponent() >= INT8_MIN && t->get_exponent() <= INT8_MAX;
+    return *channels <= UINT16_MAX;
+}
+
+// The output tensor's shape, whatever its rank (the core checks it against the output layout: NWC/NCW need
+// [1, F, C] / [1, C, F], FLAT anything else); false when it is not int8/int16 or has too many dimensions.
+bool output_shape(dl::TensorBase *t, rc_shape_t *shape, uint8_t *bits)
+{
+    std::vector<int> dims = t->get_shape();
+    *bits = element_bits(t);
+    if (*bits == 0 || dims.size() > RC_MAX_RANK) {
+        return false;
+    }
+    shape->rank = static_cast<uint8_t>(dims.size());
+    for (size_t i = 0; i < dims.size(); i++) {
+        shape->dims[i] = dims[i] < 0 ? 0u : static_cast<uint32_t>(dims[i]);
+    }
+    return true;
 }
 
 dl::TensorBase *find(std::map<std::string, dl::TensorBase *> &tensors, const char *name)
@@ -238,12 +267,11 @@ rc_error_t resolve(Module &m, const rc_module_config_t *cfg, uint16_t window, rc
         return RC_ERR_BAD_CONFIG;
     }
     info->input_channels = static_cast<uint16_t>(channels);
-    if (!geometry(m.output, cfg->output_layout, &frames, &channels, &info->output_bits) || frames != window) {
-        snprintf(err, errlen, "output '%s' is %s, not int8/int16 %s [1, ., .] with %u frames", cfg->output,
-                 describe(m.output).c_str(), cfg->output_layout == RC_LAYOUT_NWC ? "NWC" : "NCW", window);
+    if (!output_shape(m.output, &info->output_shape, &info->output_bits)) {
+        snprintf(err, errlen, "output '%s' is %s, not int8/int16 of at most %d dimensions", cfg->output,
+                 describe(m.output).c_str(), RC_MAX_RANK);
         return RC_ERR_BAD_CONFIG;
     }
-    info->output_channels = static_cast<uint16_t>(channels);
     info->input_exponent = static_cast<int8_t>(m.input->get_exponent());
     info->output_exponent = static_cast<int8_t>(m.output->get_exponent());
     // the cache is carried with a byte copy: same shape, type and exponent, or the copy would change values

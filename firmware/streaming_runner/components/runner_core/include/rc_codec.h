@@ -98,7 +98,7 @@ typedef struct {
 /* One CONFIGURE module record (read them with rc_module_record_read). */
 typedef struct {
     uint8_t slot;
-    uint8_t input_layout;  /* rc_layout_t */
+    uint8_t input_layout;  /* rc_layout_t, never FLAT (the codec refuses it) */
     uint8_t output_layout; /* rc_layout_t */
     rc_bytes_t input;
     rc_bytes_t output;
@@ -150,11 +150,11 @@ typedef struct {
     uint16_t windows; /* 0: a part */
     uint8_t module;
     uint32_t step;
-    uint8_t layout; /* rc_layout_t */
+    uint8_t layout; /* rc_layout_t; FLAT: frames 1 and never a part */
     uint8_t bits;
     int8_t exponent;
-    uint16_t frames;   /* of one whole window, also in a part */
-    uint16_t channels;
+    uint16_t frames;   /* F of one whole window's output, also in a part */
+    uint16_t channels; /* FLAT: the output's element count */
     rc_bytes_t timings; /* RC_TIMING_SIZE bytes per module 0..k (rc_timing_get / rc_timing_put) */
     uint16_t part_first_frame;
     uint16_t part_frames;
@@ -272,7 +272,7 @@ void rc_timing_put(uint8_t out[RC_TIMING_SIZE], const rc_timing_t *timing);
 void rc_ack_module_put(uint8_t out[RC_ACK_MODULE_SIZE], const rc_module_info_t *info);
 
 /* Most windows of frames x channels values of bits that fit one OUTPUT with `modules` timing records
- * (0: none; at most 0xFFFF): the Python max_windows_per_output. */
+ * (0: none; at most 0xFFFF): the Python max_windows_per_output. `frames` is F of one window's output. */
 uint32_t rc_max_windows_per_output(size_t max_payload, uint32_t frames, uint32_t channels, unsigned bits,
                                    unsigned modules);
 /* Most frames of one window an OUTPUT part of `modules` timing records carries (0: not even one; at most

@@ -21,6 +21,7 @@ extern "C" {
 #define RC_MAX_SLOTS 16
 #define RC_MAX_MODULES 8
 #define RC_MAX_NAME 64 /* tensor and model names, including the terminating NUL */
+#define RC_MAX_RANK 8  /* dimensions of a module's output tensor a backend can report */
 
 /* Error codes, as in the protocol's ERROR message (0 = no error). */
 typedef enum {
@@ -40,7 +41,9 @@ typedef enum {
     RC_ERR_INTERNAL = 13,
 } rc_error_t;
 
-typedef enum { RC_LAYOUT_NWC = 0, RC_LAYOUT_NCW = 1 } rc_layout_t;
+/* NWC: [1, frames, channels]; NCW: [1, channels, frames]; FLAT (the last module's output only, never an input): a
+ * tensor that is not 3-D, sent as 1 frame of all its elements in memory order (docs/protocol.md section 5). */
+typedef enum { RC_LAYOUT_NWC = 0, RC_LAYOUT_NCW = 1, RC_LAYOUT_FLAT = 2 } rc_layout_t;
 typedef enum { RC_ROUND_HALF_EVEN = 0, RC_ROUND_HALF_UP = 1 } rc_rounding_t;
 typedef enum { RC_LOG_ERROR = 1, RC_LOG_WARNING = 2, RC_LOG_INFO = 3, RC_LOG_DEBUG = 4, RC_LOG_VERBOSE = 5 } rc_log_level_t;
 
@@ -55,14 +58,23 @@ typedef struct {
     char cache_output[RC_MAX_NAME];
 } rc_module_config_t;
 
-/* What the backend reports for a bound module (the CONFIGURE ACK detail). */
+/* The dimensions of a tensor, outermost first (its memory order is row-major over them). */
+typedef struct {
+    uint8_t rank; /* 0..RC_MAX_RANK */
+    uint32_t dims[RC_MAX_RANK];
+} rc_shape_t;
+
+/* A bound module (the CONFIGURE ACK detail): the backend fills every field but the last two, which the core
+ * derives from output_shape and the configured output layout (docs/protocol.md section 5, CONFIGURE). */
 typedef struct {
     int8_t input_exponent;
     int8_t output_exponent;
     uint8_t input_bits;  /* 8 or 16 */
     uint8_t output_bits; /* 8 or 16 */
     uint16_t input_channels;
-    uint16_t output_channels;
+    rc_shape_t output_shape;  /* the output tensor's shape for one window, as the model gives it */
+    uint16_t output_frames;   /* set by the core: F of one window's output (W before the last module; FLAT 1) */
+    uint16_t output_channels; /* set by the core: its channels (FLAT: its element count) */
 } rc_module_info_t;
 
 /* Timings are 64-bit end to end (OUTPUT carries u64 sums): a run of more than 2^32 cycles (10.7 s at 400 MHz)
@@ -81,12 +93,14 @@ typedef struct {
                              char *err, size_t errlen);
     void (*model_unload)(void *ctx, uint8_t slot);
     /* Make module `module` run the model in cfg->slot with windows of `window` frames: resolve the tensors,
-     * check shapes (input/output 3-D with `window` frames on the frame axis of their layout, cache tensors of
-     * equal shape and exponent), zero the cache, and fill *info. */
+     * check the input (3-D with `window` frames on the frame axis of its layout), the output's element type
+     * (int8/int16) and the cache tensors (equal shape and exponent), zero the cache, and fill *info with the
+     * output's shape for one window, whatever its rank: the core checks it against the output layout. */
     rc_error_t (*module_bind)(void *ctx, uint8_t module, const rc_module_config_t *cfg, uint16_t window,
                               rc_module_info_t *info, char *err, size_t errlen);
     /* Run module `module` once: input holds one window in the module's input layout and bits, output
-     * receives one window in its output layout. Afterwards cache_output is copied into cache_input.
+     * receives the output tensor's elements for that window in its memory order (NWC/NCW: the configured
+     * layout). Afterwards cache_output is copied into cache_input.
      * CONFIGURE calls it once per module on a window of zeros before the stream starts (a warm-up that takes
      * the inference library's first-run allocations out of the timings; its output and timing are dropped),
      * then module_reset(), so the warm-up leaves no state behind. */

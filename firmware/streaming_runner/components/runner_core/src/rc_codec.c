@@ -349,8 +349,11 @@ static void read_module(reader_t *r, rc_module_record_t *m)
     m->slot = r_u8(r);
     m->input_layout = r_u8(r);
     m->output_layout = r_u8(r);
-    r_range(r, m->input_layout, RC_LAYOUT_NWC, RC_LAYOUT_NCW, "Layout");
-    r_range(r, m->output_layout, RC_LAYOUT_NWC, RC_LAYOUT_NCW, "Layout");
+    r_range(r, m->input_layout, RC_LAYOUT_NWC, RC_LAYOUT_FLAT, "Layout");
+    r_range(r, m->output_layout, RC_LAYOUT_NWC, RC_LAYOUT_FLAT, "Layout");
+    if (!r->failed && m->input_layout == RC_LAYOUT_FLAT) {
+        r_fail(r, "input_layout 2 (FLAT): a module's input is NWC or NCW");
+    }
     m->input = r_str(r);
     m->output = r_str(r);
     m->cache_input = r_str(r);
@@ -429,9 +432,15 @@ static void unpack_output(reader_t *r, rc_output_t *m)
     m->frames = r_u16(r);
     m->channels = r_u16(r);
     timing_count = r_u8(r);
-    r_range(r, m->layout, RC_LAYOUT_NWC, RC_LAYOUT_NCW, "Layout");
+    r_range(r, m->layout, RC_LAYOUT_NWC, RC_LAYOUT_FLAT, "Layout");
     if (!r->failed && m->bits != 8 && m->bits != 16) {
         r_fail(r, "bits %u is not 8 or 16", m->bits);
+    }
+    if (!r->failed && m->layout == RC_LAYOUT_FLAT && m->frames != 1) {
+        r_fail(r, "layout FLAT with frames %u: a FLAT output is one row of channels values per window", m->frames);
+    }
+    if (!r->failed && m->layout == RC_LAYOUT_FLAT && m->windows == 0) {
+        r_fail(r, "layout FLAT in a part (windows 0): a FLAT output is never split into parts");
     }
     m->timings = r_take(r, (size_t)timing_count * RC_TIMING_SIZE);
     if (!r->failed && m->windows == 0) { /* a part: its frame range follows the timings */
@@ -676,8 +685,9 @@ static void pack_info(writer_t *w, const rc_info_t *m)
 static void pack_output(writer_t *w, const rc_output_t *m)
 {
     if (m->timings.len % RC_TIMING_SIZE != 0 || m->timings.len / RC_TIMING_SIZE > 0xFFu ||
-        (m->windows != 0 && (m->part_first_frame != 0 || m->part_frames != 0))) {
-        w->failed = 1; /* whole windows carry no part fields */
+        (m->windows != 0 && (m->part_first_frame != 0 || m->part_frames != 0)) ||
+        (m->layout == RC_LAYOUT_FLAT && (m->frames != 1 || m->windows == 0))) {
+        w->failed = 1; /* whole windows carry no part fields; a FLAT output is whole windows of 1 frame */
         return;
     }
     w_u32(w, m->window);

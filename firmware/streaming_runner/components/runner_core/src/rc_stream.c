@@ -132,7 +132,8 @@ void rc_stream_restart(rc_runner_t *r)
 
 /* Sends module k's batch: one OUTPUT of b->count windows, or, for a window too large for one OUTPUT, its parts
  * one after the other in frame order (section 7.7), each straight from the batch buffer (batch_add stored the
- * window part by part), all with the window's header, step and timings. */
+ * window part by part), all with the window's header, step and timings. A window's output has the module's
+ * output_frames F (W before the last module; FLAT 1, never in parts). */
 static void send_batch(rc_runner_t *r, unsigned k)
 {
     const rc_module_t *m = &r->modules[k];
@@ -154,7 +155,7 @@ static void send_batch(rc_runner_t *r, unsigned k)
     msg.u.output.layout = (uint8_t)m->cfg.output_layout;
     msg.u.output.bits = m->info.output_bits;
     msg.u.output.exponent = m->info.output_exponent;
-    msg.u.output.frames = r->window;
+    msg.u.output.frames = m->info.output_frames;
     msg.u.output.channels = m->info.output_channels;
     msg.u.output.timings.ptr = timings;
     msg.u.output.timings.len = (k + 1) * RC_TIMING_SIZE;
@@ -166,8 +167,8 @@ static void send_batch(rc_runner_t *r, unsigned k)
         return;
     }
     msg.u.output.windows = 0; /* parts of one window (the batch holds one: output_batch is 1) */
-    for (first = 0; first < r->window; first += m->part_frames) {
-        uint32_t frames = r->window - first < m->part_frames ? r->window - first : m->part_frames;
+    for (first = 0; first < m->info.output_frames; first += m->part_frames) {
+        uint32_t left = m->info.output_frames - first, frames = left < m->part_frames ? left : m->part_frames;
         msg.u.output.part_first_frame = (uint16_t)first;
         msg.u.output.part_frames = (uint16_t)frames;
         msg.u.output.data.ptr = b->data + first * frame_bytes; /* the parts before hold `first` frames */
@@ -180,9 +181,9 @@ static void send_batch(rc_runner_t *r, unsigned k)
 /* Where value v of a window in the module's output layout (native index, rc_value_at) goes in the batch block:
  * there, unless the window is sent in NCW parts, whose block holds part after part, each [channels][its frames]
  * (an NWC window is frame-major: its parts are consecutive already). */
-static size_t block_index(const rc_runner_t *r, const rc_module_t *m, size_t v)
+static size_t block_index(const rc_module_t *m, size_t v)
 {
-    size_t frames = r->window, channels = m->info.output_channels, t, c, first, count;
+    size_t frames = m->info.output_frames, channels = m->info.output_channels, t, c, first, count;
     if (m->part_frames == 0 || m->cfg.output_layout != RC_LAYOUT_NCW) {
         return v;
     }
@@ -206,7 +207,7 @@ static void batch_add(rc_runner_t *r, unsigned k, const rc_task_t *t, uint32_t s
         memset(b->sums, 0, sizeof b->sums);
     }
     for (v = 0; v < values; v++) {
-        wire_set(block, block_index(r, m, v), bits, rc_value_get(r->scratch, v, bits));
+        wire_set(block, block_index(m, v), bits, rc_value_get(r->scratch, v, bits));
     }
     for (i = 0; i <= k; i++) { /* u64 sums: no batch of runs comes near 2^64 cycles */
         b->sums[i].cycles += t->timings[i].cycles;
@@ -222,7 +223,8 @@ static void batch_add(rc_runner_t *r, unsigned k, const rc_task_t *t, uint32_t s
 /* ------------------------------------------------------------------------------------- scheduling */
 
 /* Module k's output (scratch) as module k+1's input: transposed if the layouts differ, requantized with the
- * target's rounding if the exponents differ, saturated to module k+1's integer range (section 7.1). */
+ * target's rounding if the exponents differ, saturated to module k+1's integer range (section 7.1). Module k is
+ * not the last, so its output has W frames (CONFIGURE checked it). */
 static void hand_over(rc_runner_t *r, unsigned k, uint8_t *dst)
 {
     const rc_module_t *from = &r->modules[k], *to = &r->modules[k + 1];

@@ -159,6 +159,73 @@ static int valid_bits(unsigned bits)
     return bits == 8 || bits == 16;
 }
 
+/* "[1, 3, 16]" into out. */
+static void shape_text(const rc_shape_t *shape, char *out, size_t cap)
+{
+    size_t n = 0;
+    unsigned i;
+    out[0] = '\0';
+    for (i = 0; i < shape->rank && i < RC_MAX_RANK && n < cap; i++) {
+        int w = snprintf(out + n, cap - n, "%s%lu", i ? ", " : "[", (unsigned long)shape->dims[i]);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    if (n < cap) {
+        (void)snprintf(out + n, cap - n, "%s", shape->rank ? "]" : "[]");
+    }
+}
+
+/* Frames and channels of module k's output from the shape the backend reports (docs/protocol.md section 5,
+ * CONFIGURE): NWC/NCW a 3-D [1, F, C] / [1, C, F] tensor with F = W before the last module and any F >= 1 in
+ * it; FLAT (the last module only, checked before binding) any other tensor, as 1 frame of its elements. */
+static rc_error_t output_geometry(rc_runner_t *r, unsigned k)
+{
+    rc_module_t *m = &r->modules[k];
+    const rc_shape_t *s = &m->info.output_shape;
+    const int last = k + 1u == r->module_count;
+    uint32_t frames, channels;
+    char dims[96];
+    if (s->rank > RC_MAX_RANK) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' has rank %u, this runner takes at most %u", k,
+                       m->cfg.output, s->rank, RC_MAX_RANK);
+    }
+    shape_text(s, dims, sizeof dims);
+    if (m->cfg.output_layout == RC_LAYOUT_FLAT) {
+        uint64_t elements = 1;
+        unsigned i;
+        if (s->rank == 3) {
+            return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' is %s, 3-D: its layout is NWC or NCW, not FLAT",
+                           k, m->cfg.output, dims);
+        }
+        for (i = 0; i < s->rank; i++) {
+            elements = elements * s->dims[i] > 0xFFFFu ? 0x10000u : elements * s->dims[i];
+        }
+        if (elements < 1 || elements > 0xFFFFu) {
+            return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' is %s: a FLAT output has 1..65535 elements", k,
+                           m->cfg.output, dims);
+        }
+        m->info.output_frames = 1;
+        m->info.output_channels = (uint16_t)elements;
+        return RC_OK;
+    }
+    if (s->rank != 3 || s->dims[0] != 1) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' is %s, not 3-D [1, ., .]: %s", k, m->cfg.output,
+                       dims, last ? "make its layout FLAT (2)" : "only the last module's output may be FLAT");
+    }
+    frames = m->cfg.output_layout == RC_LAYOUT_NWC ? s->dims[1] : s->dims[2];
+    channels = m->cfg.output_layout == RC_LAYOUT_NWC ? s->dims[2] : s->dims[1];
+    if (frames < 1 || frames > 0xFFFFu || channels < 1 || channels > 0xFFFFu) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' is %s: NWC and NCW take 1..65535 frames and "
+                       "channels", k, m->cfg.output, dims);
+    }
+    if (frames != r->window && !last) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' has %lu frames per window, not %u: only the last "
+                       "module's may differ", k, m->cfg.output, (unsigned long)frames, r->window);
+    }
+    m->info.output_frames = (uint16_t)frames;
+    m->info.output_channels = (uint16_t)channels;
+    return RC_OK;
+}
+
 /* Module k from its CONFIGURE record: the slot must hold a model, the backend resolves and checks the tensors. */
 static rc_error_t bind_module(rc_runner_t *r, unsigned k, const rc_module_record_t *rec)
 {
@@ -178,6 +245,10 @@ static rc_error_t bind_module(rc_runner_t *r, unsigned k, const rc_module_record
         (code = copy_name(r, k, "cache_output", rec->cache_output, m->cfg.cache_output)) != RC_OK) {
         return code;
     }
+    if (m->cfg.output_layout == RC_LAYOUT_FLAT && k + 1u < r->module_count) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: output '%s' is FLAT: only the last module's output (module "
+                       "%u) may be", k, m->cfg.output, r->module_count - 1u);
+    }
     if ((rec->cache_input.len == 0) != (rec->cache_output.len == 0)) {
         return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: give both cache tensors or neither", k);
     }
@@ -186,13 +257,15 @@ static rc_error_t bind_module(rc_runner_t *r, unsigned k, const rc_module_record
     if (code != RC_OK) {
         return rc_fail(r, rc_error_code(code), "module %u: %s", k, why);
     }
-    if (!valid_bits(m->info.input_bits) || !valid_bits(m->info.output_bits) || m->info.input_channels == 0 ||
-        m->info.output_channels == 0) {
-        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensors of %u/%u bits, %u/%u channels are not supported", k,
-                       m->info.input_bits, m->info.output_bits, m->info.input_channels, m->info.output_channels);
+    if ((code = output_geometry(r, k)) != RC_OK) {
+        return code;
+    }
+    if (!valid_bits(m->info.input_bits) || !valid_bits(m->info.output_bits) || m->info.input_channels == 0) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensors of %u/%u bits, %u input channels are not supported",
+                       k, m->info.input_bits, m->info.output_bits, m->info.input_channels);
     }
     m->in_bytes = (size_t)r->window * m->info.input_channels * (m->info.input_bits / 8u);
-    m->out_bytes = (size_t)r->window * m->info.output_channels * (m->info.output_bits / 8u);
+    m->out_bytes = (size_t)m->info.output_frames * m->info.output_channels * (m->info.output_bits / 8u);
     return RC_OK;
 }
 
@@ -221,7 +294,9 @@ static rc_error_t bind_modules(rc_runner_t *r, const rc_configure_t *m)
 }
 
 /* One OUTPUT of a reported module must fit max_payload (section 5, CONFIGURE), except that a single window too
- * large for one goes out in parts (section 7.7): output_batch 1 and at least one frame per part. */
+ * large for one goes out in parts (section 7.7): output_batch 1 and at least one frame per part. A window's
+ * output is F frames (the module's output_frames), not W: the last module's may be fewer, FLAT is 1 and never
+ * goes in parts. */
 static rc_error_t check_batches(rc_runner_t *r)
 {
     unsigned k;
@@ -232,11 +307,16 @@ static rc_error_t check_batches(rc_runner_t *r)
         if (!rc_module_reported(r, k)) {
             continue;
         }
-        fit = rc_max_windows_per_output(r->pf.max_payload, r->window, m->info.output_channels, m->info.output_bits,
-                                        k + 1);
+        fit = rc_max_windows_per_output(r->pf.max_payload, m->info.output_frames, m->info.output_channels,
+                                        m->info.output_bits, k + 1);
+        if (fit == 0 && m->cfg.output_layout == RC_LAYOUT_FLAT) {
+            return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: FLAT output of %u x int%u (%lu bytes) does not fit one "
+                           "OUTPUT of %u bytes and cannot be sent in parts", k, m->info.output_channels,
+                           m->info.output_bits, (unsigned long)m->out_bytes, r->pf.max_payload);
+        }
         if (r->output_batch > 1 && r->output_batch > fit) {
             return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: %u windows of %u x %u do not fit one OUTPUT of %u bytes%s",
-                           k, r->output_batch, r->window, m->info.output_channels, r->pf.max_payload,
+                           k, r->output_batch, m->info.output_frames, m->info.output_channels, r->pf.max_payload,
                            fit == 0 ? " (one window goes in parts with output_batch 1)" : "");
         }
         if (fit == 0) {
