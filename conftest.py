@@ -1,3 +1,6 @@
-"""Loads the harness's pytest plugin (options, parametrization, stage fixtures)."""
+"""Loads the harness's pytest plugin when the package is not installed (installed, its pytest11 entry point does)."""
 
-pytest_plugins = ["harness.plugin"]
+from importlib.metadata import entry_points
+
+if not any(ep.value == "harness.plugin" for ep in entry_points(group="pytest11")):
+    pytest_plugins = ["harness.plugin"]

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
-import importlib.util
 import math
 import os
 import struct
@@ -25,13 +23,13 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from harness import compat
 from harness.errors import EspdlFormatError
 
 # ONNX TensorDataType -> numpy dtype name (espdl.fbs enum TensorDataType).
@@ -146,35 +144,13 @@ def _pick(infos: list[TensorInfo], name: str, cause: str) -> TensorInfo:
 # ---------------------------------------------------------------- flatc classes
 
 
-@cache
 def _flatc_package() -> ModuleType:
-    """Import ESP-PPQ's generated ``FlatBuffers`` package without importing ``esp_ppq``."""
-    if "FlatBuffers" in sys.modules:  # esp_ppq itself puts it on sys.path
-        return sys.modules["FlatBuffers"]
-    spec = importlib.util.find_spec("esp_ppq")
-    if spec is None or spec.origin is None:
-        raise EspdlFormatError(
-            "cannot read .espdl files: esp-ppq (which ships the FlatBuffers classes) is not installed",
-            "install esp-ppq in this environment",
-        )
-    pkg_dir = Path(spec.origin).parent / "parser" / "espdl" / "FlatBuffers"
-    pkg_spec = importlib.util.spec_from_file_location(
-        "FlatBuffers", pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
-    )
-    if pkg_spec is None or pkg_spec.loader is None:
-        raise EspdlFormatError(
-            f"esp-ppq at {spec.origin} has no FlatBuffers classes in {pkg_dir}", "reinstall esp-ppq"
-        )
-    package = importlib.util.module_from_spec(pkg_spec)
-    sys.modules["FlatBuffers"] = package
-    pkg_spec.loader.exec_module(package)
-    return package
+    """ESP-PPQ's generated ``FlatBuffers`` package, imported without importing ``esp_ppq``."""
+    return compat.espdl_flatbuffers()
 
 
-@cache
 def _flatc(cls: str) -> Any:
-    _flatc_package()
-    return getattr(importlib.import_module(f"FlatBuffers.Dl.{cls}"), cls)
+    return compat.espdl_table_class(cls)
 
 
 # ---------------------------------------------------------------- error guard
@@ -217,11 +193,7 @@ def _dtype(code: int, what: str) -> str:
 
 def _raw_bytes(tensor: Any) -> tuple[bytes, int, int]:
     """(buffer, start, length) of ``raw_data`` ([AlignedBytes], 16 bytes each)."""
-    tab = tensor._tab  # flatbuffers.table.Table; struct vectors have no AsNumpy accessor
-    slot = tab.Offset(_TENSOR_RAW_DATA_SLOT)
-    if slot == 0:
-        return tab.Bytes, 0, 0
-    return tab.Bytes, tab.Vector(slot), tab.VectorLen(slot) * 16
+    return compat.table_vector(compat.flatbuffers_table(tensor), _TENSOR_RAW_DATA_SLOT, 16)
 
 
 def _tensor(t: Any, where: str) -> Tensor:

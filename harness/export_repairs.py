@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from harness import compat
+
 TEMPORAL_OPS = ("Conv", "AveragePool", "MaxPool", "ConvTranspose")
 
 
@@ -30,11 +32,7 @@ def _shared(graph, var) -> bool:
 
 def per_consumer_caches(graph):
     """Streaming custom pass: give each temporal consumer of a shared tensor its own StreamingCache."""
-    from esp_ppq.parser.espdl.espdl_streaming import (
-        StreamingTable,
-        get_conv_cache_window_size,
-        insert_streaming_cache_op,
-    )
+    from esp_ppq.api import StreamingTable
 
     table = StreamingTable()
     axis = table.get_input_frame_axis()
@@ -44,12 +42,12 @@ def per_consumer_caches(graph):
         by_window: dict[int, list] = {}
         for op in list(var.dest_ops):
             if op.type in TEMPORAL_OPS and op.inputs and op.inputs[0] is var:
-                window = get_conv_cache_window_size(op)  # logs ESP-PPQ's own error for non-causal padding
+                window = compat.conv_cache_window(op)  # logs ESP-PPQ's own error for non-causal padding
                 if window > 1:
                     by_window.setdefault(window, []).append(op)
         for window, (first, *others) in by_window.items():  # readers of one receptive field share a cache
-            cache = insert_streaming_cache_op(graph, var.name, {"window_size": window, "op_name": first.name,
-                                                                "frame_axis": axis})
+            cache = compat.insert_streaming_cache(graph, var.name, {"window_size": window, "op_name": first.name,
+                                                                   "frame_axis": axis})
             cached = cache.outputs[0]
             for op in others:
                 var.dest_ops.remove(op)
@@ -69,7 +67,7 @@ def layout_transposes(original_ops):
     reorders the frames it is given, so it needs no cache. ``original_ops`` are the quantized graph's op names;
     a user's own Transposes are left to the exporter's rules.
     """
-    from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
+    from esp_ppq.api import StreamingTable
 
     def mark(graph):
         table = StreamingTable()
@@ -209,14 +207,13 @@ def fold_shared_pads(model) -> int:
 def requant_graph_inputs_pattern():
     """ESP-PPQ's RequantizeLinear insertion, extended to readers of a graph input (see the module docstring)."""
     from esp_ppq.IR.quantize import QuantableOperation
-    from esp_ppq.parser.espdl.espdl_graph_utils import insert_requantize_node
-    from esp_ppq.parser.espdl.espdl_typedef import QUANT_OP_SET, ExporterPatternInfo
-    from esp_ppq.parser.espdl.export_patterns import InsertRequantNodePattern
 
-    class RequantGraphInputs(InsertRequantNodePattern):
+    quant_ops = compat.quant_op_types()
+
+    class RequantGraphInputs(compat.requant_pattern()):
         def export(self, op, graph, **kwargs):
             op = super().export(op, graph, **kwargs)
-            if op.type in QUANT_OP_SET or not isinstance(op, QuantableOperation):
+            if op.type in quant_ops or not isinstance(op, QuantableOperation):
                 return op
             for config, var in list(zip(op.input_quant_config, op.inputs)):
                 if var.is_parameter or var.source_op is not None or var.name not in graph.inputs:
@@ -224,10 +221,10 @@ def requant_graph_inputs_pattern():
                 bound = bound_config(graph, var)
                 if bound is None or _same(bound, config):
                     continue
-                created = insert_requantize_node(graph=graph, var=var, upstream_config=bound, config=config, op=op)
-                perm = ExporterPatternInfo().get_var_permute(var.name)
+                created = compat.insert_requantize_node(graph, var, upstream_config=bound, config=config, op=op)
+                perm = compat.pattern_info().get_var_permute(var.name)
                 if created is not None and perm:
-                    ExporterPatternInfo().add_var_permute(created.outputs[0].name, perm)
+                    compat.pattern_info().add_var_permute(created.outputs[0].name, perm)
             return op
 
     return RequantGraphInputs

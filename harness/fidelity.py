@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.frames import Frames
 from harness.ppq_env import DEVICE, import_ppq
-from harness.reference import to_chip_output, to_graph_input
+from harness.reference import one_thread, to_chip_output, to_graph_input
 
 # Operators that move integers without computing (the chip copies them exactly).
 EXACT_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad",
@@ -123,19 +123,20 @@ def fidelity_bound(qm, frames: Frames) -> FidelityBound:
         runs.append((m, TorchExecutor(m.offline_graph, device=DEVICE), hooks))
     operators = sum(len(h) for _, _, h in runs)
     worst = np.zeros(n, dtype=np.int64)
-    for t, trial in enumerate(TRIALS):
-        for _, _, hooks in runs:
-            for k, hook in enumerate(hooks.values()):
-                hook.trial = trial
-                hook.gen.manual_seed(1000 * t + k)
-        for seq in _measured_inputs(qm, frames):
-            clean = nudged = to_graph_input(seq, frames.exponent)
-            for k, (m, executor, hooks) in enumerate(runs):
-                clean = executor.forward({"input": clean}, output_names=["output"])[0]
-                nudged = executor.forward({"input": nudged}, output_names=["output"], hooks=hooks)[0]
-                a = to_chip_output(clean, m.out_exponent, qm.bits).astype(np.int64)
-                b = to_chip_output(nudged, m.out_exponent, qm.bits).astype(np.int64)
-                worst[k] = max(worst[k], int(np.abs(a - b).max()))
+    with one_thread():
+        for t, trial in enumerate(TRIALS):
+            for _, _, hooks in runs:
+                for k, hook in enumerate(hooks.values()):
+                    hook.trial = trial
+                    hook.gen.manual_seed(1000 * t + k)
+            for seq in _measured_inputs(qm, frames):
+                clean = nudged = to_graph_input(seq, frames.exponent)
+                for k, (m, executor, hooks) in enumerate(runs):
+                    clean = executor.forward({"input": clean}, output_names=["output"])[0]
+                    nudged = executor.forward({"input": nudged}, output_names=["output"], hooks=hooks)[0]
+                    a = to_chip_output(clean, m.out_exponent, qm.bits).astype(np.int64)
+                    b = to_chip_output(nudged, m.out_exponent, qm.bits).astype(np.int64)
+                    worst[k] = max(worst[k], int(np.abs(a - b).max()))
     if marked is None:
         bounds = tuple(max(1, int(w)) for w in worst)
         return FidelityBound(

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
+from harness.resources import shipped
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "firmware" / "streaming_runner"
+APP_DIR = shipped("firmware") / "streaming_runner"
 APP_NAME = "streaming_runner"
 STAMP = "hil-sources.sha256"
 BUILD_TIMEOUT = 1800
@@ -154,6 +154,9 @@ def board_unavailable(targets: list[str], port_option: str | None) -> tuple[str,
         return (f"{idf_missing()} and firmware/streaming_runner has no current build for {', '.join(no_build)}",
                 f"install ESP-IDF {IDF_VERSION} ({IDF_HELP}) and run . $IDF_PATH/export.sh")
     ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
+    absent = sorted({p for listed in ports.values() for p in listed if not Path(p).exists()})
+    if absent:
+        return (f"serial port {', '.join(absent)} does not exist", "connect the board, or pass the port it is on (--port)")
     without = [t for t, p in ports.items() if not p]
     if without:
         return (f"no board found for {', '.join(without)} (no serial port of an Espressif USB or USB-UART bridge)",
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, choices=["esp32p4", "esp32s3"])
     args = parser.parse_args(argv)
     try:
-        firmware, built = ensure_built(args.target, ROOT / "artifacts" / "logs" / f"build-{args.target}.log")
+        firmware, built = ensure_built(args.target, Path("artifacts") / "logs" / f"build-{args.target}.log")
     except HarnessError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -18,14 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from harness import compat
 from harness.dut import DeviceLink, boot_and_hello
 from harness.errors import HarnessError
+from harness.resources import shipped
 from harness.spec import ModelSpec, load_specs
 from harness.targets import TARGETS, Target, get_target
 
 DEFAULT_WINDOWS = "1,3,6"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PATH_OPTIONS = ("--model-spec", "--cache-dir", "--artifacts-dir", "--frames")
+PATH_OPTIONS = ("--model-spec", "--hil-cache-dir", "--artifacts-dir", "--frames-file", "--frames")
+# where pytest reads its configuration, and the section that makes a file count
+INI_FILES = {"pytest.ini": "", ".pytest.ini": "", "pyproject.toml": "[tool.pytest", "tox.ini": "[pytest]",
+             "setup.cfg": "[tool:pytest]"}
+# the harness's options and the same-named fixtures that hand their values to cases (option dest -> help)
+OPTIONS = ("window_sizes", "models", "model_spec", "artifacts_dir", "frames_file", "hil_dut", "hil_cache_dir")
 
 
 @dataclass(frozen=True)
@@ -78,37 +84,39 @@ def _split(value: str | None) -> list[str]:
     return [v for v in re.split(r"[,|\s]+", value or "") if v]
 
 
-def _add_option(group, name: str, **kwargs) -> None:
-    """Add an option unless another plugin (pytest-embedded) already defines it; then we share it."""
-    try:
-        group.addoption(name, **kwargs)
-    except ValueError:
-        pass
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("espdl-hil", "ESP-DL streaming hardware-in-the-loop harness")
-    group.addoption("--window-sizes", default=DEFAULT_WINDOWS, help=f"frames per streamed window (default {DEFAULT_WINDOWS})")
-    group.addoption("--models", default=None, help="comma-separated model names to run (default: all)")
-    group.addoption("--model-spec", action="append", default=[], metavar="PATH", help="extra model spec file (repeatable)")
-    group.addoption("--artifacts-dir", default="artifacts", help="where session.json, reports and case files go")
-    group.addoption("--frames", default=None, metavar="NPY", help="float frames [T, C] or [S, T, C] instead of generated ones")
+    """The harness's own options; ``--target`` and ``--port`` are pytest-embedded's, shared with the same meaning."""
+    group = parser.getgroup("espdl-stream", "ESP-DL streaming hardware-in-the-loop (pytest-espdl-stream)")
+    group.addoption("--window-sizes", default=DEFAULT_WINDOWS, metavar="W,W,...",
+                    help=f"frames per streamed window, each dividing the models' sequence length. Default: {DEFAULT_WINDOWS}")
+    group.addoption("--models", default=None, metavar="NAME,...",
+                    help="model names to run (shipped or from --model-spec). Default: the --model-spec models if any, else every "
+                         "shipped model")
+    group.addoption("--model-spec", action="append", default=[], metavar="PATH",
+                    help="a model spec file to add (repeatable). Default: none")
+    group.addoption("--artifacts-dir", default="artifacts", metavar="DIR",
+                    help="where session.json, report.md, frames and case streams go. Default: artifacts (under the rootdir)")
+    group.addoption("--frames-file", "--frames", dest="frames_file", default=None, metavar="NPY",
+                    help="float frames [T, C] or [S, T, C] instead of generated ones. Default: generated from each "
+                         "model's seed (an exported model's embedded test input)")
     group.addoption(
-        "--dut", default="auto", choices=("auto", "virtual", "board"),
-        help="device under test: a board, the virtual board, or auto (a board if one is found, else virtual)",
+        "--hil-dut", "--dut", dest="hil_dut", default="auto", choices=("auto", "virtual", "board"),
+        help="device under test: board (never falls back), virtual, or auto (a board if one is found, else the virtual "
+             "board; any --port asks for a board). Default: auto",
     )
-    _add_option(group, "--target", default=None, help="target chip(s): esp32p4, esp32s3 (default: both)")
-    _add_option(group, "--cache-dir", default=None, help="artifact cache (default: <rootdir>/.hil-cache)")
+    group.addoption("--hil-cache-dir", default=None, metavar="DIR",
+                    help="cache of quantized models and .espdl exports. Default: .hil-cache (under the rootdir)")
 
 
 def _settings(config: pytest.Config) -> Settings:
-    root = config.rootpath
+    # relative paths: from the ini file's directory, or where pytest was started when there is none
+    root = config.rootpath if config.inipath is not None else config.invocation_params.dir
 
     def under_root(p: str) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else root / path
 
-    targets_opt = _split(config.getoption("target"))
+    targets_opt = _split(config.getoption("target", None))
     targets = [get_target(t) for t in targets_opt] if targets_opt and targets_opt != ["auto"] else list(TARGETS.values())
     windows = []
     for w in _split(config.getoption("window_sizes")):
@@ -121,11 +129,11 @@ def _settings(config: pytest.Config) -> Settings:
             error = spec.window_error(w)
             if error:
                 raise HarnessError(f"--window-sizes: {error}", "pass window sizes that divide it")
-    frames = config.getoption("frames")
+    frames = config.getoption("frames_file")
     if frames:
         _check_frames(under_root(frames), specs, windows)
-    cache = config.getoption("cache_dir")
-    dut, dut_reason, ports = _choose_dut(config.getoption("dut"), [t.name for t in targets], config.getoption("port"))
+    cache = config.getoption("hil_cache_dir")
+    dut, dut_reason, ports = _choose_dut(config.getoption("hil_dut"), [t.name for t in targets], config.getoption("port", None))
     return Settings(
         targets=targets,
         windows=windows,
@@ -158,6 +166,8 @@ def _choose_dut(requested: str, targets: list[str], port_option: str | None) -> 
 
     if requested == "virtual":
         return "virtual", "requested with --dut virtual", {}
+    if port_option:  # a port names a board: never fall back to the virtual one
+        requested = "board"
     missing = board_unavailable(targets, port_option)
     if missing is None:
         ports = parse_ports(port_option, targets) if port_option else {t: board_ports() for t in targets}
@@ -165,7 +175,7 @@ def _choose_dut(requested: str, targets: list[str], port_option: str | None) -> 
         return "board", f"--dut {requested}: {listed}", ports
     cause, fix = missing
     if requested == "board":
-        raise HarnessError(f"--dut board: {cause}", fix)
+        raise HarnessError(f"--dut board{f' --port {port_option}' if port_option else ''}: {cause}", fix)
     return "virtual", f"--dut auto fell back to the virtual board: {cause}", {}
 
 
@@ -177,17 +187,43 @@ SESSION = pytest.StashKey["HilSession"]()
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.help or getattr(config.option, "version", False):
         return
-    if config.inipath is None and (PROJECT_ROOT / "pytest.ini").is_file() and Path.cwd().resolve().is_relative_to(PROJECT_ROOT):
+    hidden = _hidden_ini(config)
+    if hidden is not None:
         raise pytest.UsageError(
-            "pytest did not find the project's pytest.ini because an option value given after a space was taken "
-            f"for a test path; write path options with '=' ({', '.join(o + '=...' for o in PATH_OPTIONS)})"
+            f"pytest did not read {hidden} because an option value given after a space was taken for a test path "
+            f"(pytest looks for its ini file before any plugin's options exist); write path options with '=' "
+            f"({', '.join(o + '=...' for o in PATH_OPTIONS[:4])})"
         )
     try:
         config.stash[SETTINGS] = _settings(config)
+        if not hasattr(config, "workerinput"):  # the controller checks, once per run
+            compat.check()  # the private library internals the harness relies on are still there
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
+        # a plain `pytest` in a user's repository: the shipped case matrix runs too (this repository's
+        # pytest.ini names test_cases in testpaths, so it never gets here twice)
+        config.args = [*config.args, str(shipped("test_cases"))]
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(Recorder(config), "espdl-hil-recorder")
+
+
+def _hidden_ini(config: pytest.Config) -> Path | None:
+    """The ini file pytest missed because an existing path after a space steered its search, or None."""
+    if config.inipath is not None:
+        return None
+    args = list(config.invocation_params.args)
+    steered = any(a in PATH_OPTIONS and i + 1 < len(args) and Path(args[i + 1]).expanduser().exists()
+                  for i, a in enumerate(args))
+    if not steered:
+        return None
+    start = config.invocation_params.dir
+    for directory in (start, *start.parents):
+        for name, section in INI_FILES.items():
+            candidate = directory / name
+            if candidate.is_file() and section in candidate.read_text(errors="ignore"):
+                return candidate
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -195,11 +231,33 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     return [
-        f"espdl-hil: DUT = {settings.dut} ({settings.dut_reason})",
+        f"espdl-hil: DUT = {settings.dut.upper()} ({settings.dut_reason})",
         f"espdl-hil: targets={','.join(t.name for t in settings.targets)} "
         f"models={','.join(s.name for s in settings.specs)} windows={','.join(map(str, settings.windows))}",
         f"espdl-hil: cache={settings.cache_dir} artifacts={settings.artifacts_dir}",
     ]
+
+
+def _option_fixture(dest: str):
+    def value(request: pytest.FixtureRequest):
+        return request.config.getoption(dest)
+
+    value.__name__ = dest
+    value.__doc__ = f"The value of --{dest.replace('_', '-')} as given (its default when not)."
+    return pytest.fixture(scope="session", name=dest)(value)
+
+
+for _dest in OPTIONS:  # one same-named fixture per option
+    globals()[_dest] = _option_fixture(_dest)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hil_dut_property(request: pytest.FixtureRequest, record_testsuite_property):
+    """The DUT kind as a JUnit XML testsuite property (``hil_dut``), so a CI farm can see what ran."""
+    settings = request.config.stash.get(SETTINGS, None)
+    if settings is not None:
+        record_testsuite_property("hil_dut", settings.dut)
+        record_testsuite_property("hil_dut_reason", settings.dut_reason)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -232,7 +290,7 @@ class HilSession:
         from harness.session import SessionReport
 
         self.quantizer = Quantizer(self.settings.cache_dir)
-        self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets])
+        self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets], self.settings.dut_reason)
 
     def frames(self, qm):
         from harness.frames import FramesWarning, frames_from_file, generate_frames, save_frames
@@ -255,7 +313,7 @@ class HilSession:
     def reference(self, qm, length: int | None = None):
         """ESP-PPQ's simulation on the frames (only their first ``length`` frames when given)."""
         from harness.per_window import prefix
-        from harness.reference import offline_reference
+        from harness.derived import cached_reference
 
         key = (qm.spec.name, qm.target.name, length)
         if key not in self._references:
@@ -265,12 +323,12 @@ class HilSession:
 
                 self._references[key] = embedded_reference(qm, frames)
             else:
-                self._references[key] = offline_reference(qm, prefix(frames, length) if length else frames)
+                self._references[key] = cached_reference(qm, prefix(frames, length) if length else frames)
         return self._references[key]
 
     def fidelity(self, qm):
         """ESP-DL's bound on |device offline - ESP-PPQ| for ``qm`` on its frames (``harness.fidelity``)."""
-        from harness.fidelity import fidelity_bound
+        from harness.derived import cached_fidelity_bound
 
         key = (qm.spec.name, qm.target.name)
         if key not in self._fidelity:
@@ -281,7 +339,7 @@ class HilSession:
                     "exported files: the offline file's embedded test output within ESP-DL's Model::test() "
                     "tolerance (int8 exact, int16 ±1); without ESP-PPQ's graph no per-operator bound is measured"))
             else:
-                self._fidelity[key] = fidelity_bound(qm, self.frames(qm))
+                self._fidelity[key] = cached_fidelity_bound(qm, self.frames(qm))
         return self._fidelity[key]
 
     def board(self, target: str):
@@ -333,7 +391,24 @@ def _hil_session(config: pytest.Config) -> HilSession:
 
 @pytest.fixture(scope="session")
 def hil_session(pytestconfig: pytest.Config) -> HilSession:
+    """The run's shared state: settings, the quantizer and its cache, frames, references, devices, the report."""
     return _hil_session(pytestconfig)
+
+
+@pytest.fixture
+def hil_case() -> Case:
+    """The case a test runs: ``Case(target, spec, window)``, one per target x model x window size.
+
+    A test that names it is parametrized over the selected cases (``pytest_generate_tests``)."""
+    raise pytest.UsageError("hil_case is parametrized by the espdl-stream plugin; no case was selected")
+
+
+@pytest.fixture
+def hil_model() -> ModelCase:
+    """A model on a target, independent of the window size: ``ModelCase(target, spec)``.
+
+    A test that names it is parametrized over the selected models (``pytest_generate_tests``)."""
+    raise pytest.UsageError("hil_model is parametrized by the espdl-stream plugin; no model was selected")
 
 
 @pytest.fixture
@@ -487,7 +562,7 @@ def _owned(serial):
 
 def _link(dut, name: str, liveness):
     def log(level: int, text: str) -> None:  # device logs go to pytest-embedded's dut.log
-        dut.serial._q.put(f"[device] {text}\n".encode())
+        compat.serial_queue(dut).put(f"[device] {text}\n".encode())
 
     return DeviceLink(dut.serial.proc, name, on_log=log, liveness=liveness)
 
@@ -504,8 +579,14 @@ def _expect_runner(link, info, target: str) -> None:
 
 def _create_dut(**kwargs):
     """pytest-embedded's DUT for these services; connection failures become one clear line."""
+    import gc
+
     from pytest_embedded.dut_factory import DutFactory
 
+    # closing a DUT scans every object the collector tracks (pytest-embedded's gc.get_referrers): the ones
+    # alive now (torch, ESP-PPQ, loaded graphs) are frozen, garbage collected first, so the scan skips them
+    gc.collect()
+    gc.freeze()
     try:
         return DutFactory.create(**kwargs)
     except Exception as exc:  # esptool/pyserial: the board is absent, busy or another chip

@@ -12,12 +12,14 @@ after, and any ``[ERROR]`` line becomes a ``QuantizationError``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import re
 import warnings
 from pathlib import Path
 from typing import Iterator
 
+from harness import compat
 from harness.errors import QuantizationError
 
 DEVICE = "cpu"  # TorchExecutor defaults to "cuda"; every executor here gets this
@@ -32,48 +34,47 @@ def import_ppq() -> None:
         return
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import esp_ppq  # noqa: F401
-        import esp_ppq.api  # noqa: F401
+        importlib.import_module("esp_ppq.api")  # imports esp_ppq itself first
     _imported = True
 
 
 def reset_global_state() -> None:
     """Clear ESP-PPQ's export singletons (a failed export leaves them dirty)."""
-    from esp_ppq.parser.espdl.espdl_streaming import StreamingTable
-    from esp_ppq.parser.espdl.espdl_typedef import ExporterPatternInfo
+    from esp_ppq.api import StreamingTable
 
-    ExporterPatternInfo().reset()
+    compat.pattern_info().reset()
     table = StreamingTable()
     table.reset()
     table.set_input_frame_axis(1)
     table.set_input_frame_num(1)
 
 
-@contextlib.contextmanager
-def captured_layouts() -> Iterator[dict[str, str]]:
-    """Record the on-chip layout ESP-PPQ gives each tensor during one export.
+def layout_recording_exporter(platform):
+    """ESP-PPQ's exporter for ``platform`` that records the on-chip layout of each tensor in ``.layouts``.
 
     The ``.espdl`` stores permuted shapes but not the permutation, and a graph
-    input that feeds e.g. a Concat keeps its NCW layout. The exporter's
-    ``ExporterPatternInfo`` knows, until it resets itself at the end of
-    ``export``: that reset is intercepted to keep a copy.
+    input that feeds e.g. a Concat keeps its NCW layout. The exporter knows
+    once it has prepared the graph (and forgets at the end of ``export``), so
+    a subclass reads the permutations right after ``prepare_graph``.
     """
-    from esp_ppq.parser.espdl.espdl_typedef import ExporterPatternInfo
+    import esp_ppq.lib as PFL
 
-    info = ExporterPatternInfo()
-    layouts: dict[str, str] = {}
+    class LayoutRecordingExporter(type(PFL.Exporter(platform=platform))):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layouts: dict[str, str] = {}
 
-    def keep_then_reset() -> None:
-        for name, perm in info.var_permute.items():
-            if len(perm) == 3:
-                layouts[name] = "NWC" if list(perm) == [0, 2, 1] else "NCW" if list(perm) == [0, 1, 2] else str(perm)
-        type(info).reset(info)
+        def prepare_graph(self, graph, *args, **kwargs):
+            graph = super().prepare_graph(graph, *args, **kwargs)
+            info = compat.pattern_info()
+            for name in graph.variables:
+                perm = info.get_var_permute(name)
+                if perm is not None and len(perm) == 3:
+                    perm = list(perm)
+                    self.layouts[name] = "NWC" if perm == [0, 2, 1] else "NCW" if perm == [0, 1, 2] else str(perm)
+            return graph
 
-    info.reset = keep_then_reset
-    try:
-        yield layouts
-    finally:
-        del info.reset
+    return LayoutRecordingExporter()
 
 
 def precise_copy(graph):
@@ -98,22 +99,12 @@ def precise_copy(graph):
 def repaired_exports() -> Iterator[None]:
     """ESP-PPQ's exporter with ``harness.export_repairs.RequantGraphInputs`` in place of its requantize pattern.
 
-    The exporter looks its post-export patterns up by name in its own module at every export, so swapping
-    that one name is enough; the swap is checked, and undone afterwards.
+    Also for exporters created inside the block (the tests' model zoo makes its own).
     """
-    import esp_ppq.parser.espdl_exporter as exporter
-    from esp_ppq.parser.espdl.export_patterns import InsertRequantNodePattern
-
     from harness.export_repairs import requant_graph_inputs_pattern
 
-    if getattr(exporter, "InsertRequantNodePattern", None) is not InsertRequantNodePattern:
-        raise QuantizationError("ESP-PPQ's exporter no longer uses InsertRequantNodePattern by name",
-                                "pin esp-ppq 1.3.12 (requirements.txt) or update harness/ppq_env.py")
-    exporter.InsertRequantNodePattern = requant_graph_inputs_pattern()
-    try:
+    with compat.exporter_requant_pattern(requant_graph_inputs_pattern()):
         yield
-    finally:
-        exporter.InsertRequantNodePattern = InsertRequantNodePattern
 
 
 class _Tee(io.TextIOBase):
@@ -134,16 +125,14 @@ class _Tee(io.TextIOBase):
 def ppq_call(what: str, log_path: Path) -> Iterator[None]:
     """Run one ESP-PPQ step isolated; raise ``QuantizationError`` on any ``[ERROR]`` line."""
     import_ppq()
-    from esp_ppq.log.logger import initialized_loggers
-
     sink = _Tee()
-    handlers = [h for logger in initialized_loggers.values() for h in logger._handlers.values() if h._file_name is None]
-    saved = [h._fd for h in handlers]
+    handlers = [h for lg in compat.ppq_loggers() for h in compat.logger_handlers(lg) if compat.is_console_handler(h)]
+    saved = [compat.handler_stream(h) for h in handlers]
     reset_global_state()
     failure: BaseException | None = None
     try:
         for h in handlers:
-            h._fd = sink
+            compat.set_handler_stream(h, sink)
         with (
             contextlib.redirect_stdout(sink),
             contextlib.redirect_stderr(sink),
@@ -154,8 +143,8 @@ def ppq_call(what: str, log_path: Path) -> Iterator[None]:
     except BaseException as exc:  # re-raised below, after the log is written
         failure = exc
     finally:
-        for h, fd in zip(handlers, saved):
-            h._fd = fd
+        for h, stream in zip(handlers, saved):
+            compat.set_handler_stream(h, stream)
         reset_global_state()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         text = sink.text()

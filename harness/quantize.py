@@ -40,8 +40,8 @@ from typing import Callable
 
 from harness.errors import ConfigError, QuantizationError, StreamingError
 from harness.espdl import load_espdl
-from harness.lint import check_frame_rate, check_interface, check_streaming_structure, lint_model
-from harness.ppq_env import DEVICE, captured_layouts, import_ppq, ppq_call, repaired_exports
+from harness.lint import check_frame_rate, check_interface, check_streaming_structure
+from harness.ppq_env import DEVICE, import_ppq, layout_recording_exporter, ppq_call, repaired_exports
 from harness.spec import ModelSpec
 from harness.export_repairs import (
     bound_config, check_causal, fold_shared_pads, layout_transposes, per_consumer_caches, streaming_table_advice,
@@ -181,7 +181,7 @@ def var_exponent(graph, name: str) -> int:
 def harness_digest() -> str:
     """What, besides the model, decides the artifacts: this code and the tool versions."""
     h = hashlib.sha256()
-    for src in ("quantize.py", "ppq_env.py", "export_repairs.py"):
+    for src in ("quantize.py", "ppq_env.py", "export_repairs.py", "compat.py"):
         h.update((Path(__file__).parent / src).read_bytes())
     for dist in _VERSIONED:
         h.update(f"{dist}={metadata.version(dist)}".encode())
@@ -316,8 +316,7 @@ class Quantizer:
                   locks: Callable | None, log: Path):
         """ESP-PPQ's quantize_onnx_model, with the calibration pass able to lock scales first."""
         import esp_ppq.lib as PFL
-        from esp_ppq.api.interface import dispatch_graph, load_onnx_graph
-        from esp_ppq.api.setting import QuantizationSettingFactory
+        from esp_ppq.api import QuantizationSettingFactory, dispatch_graph, load_onnx_graph
         from esp_ppq.executor import TorchExecutor
         from esp_ppq.quantization.optim import RuntimeCalibrationPass
 
@@ -326,20 +325,20 @@ class Quantizer:
         with ppq_call(f"quantize {onnx_path.stem}", log):
             graph = load_onnx_graph(onnx_import_file=str(onnx_path))
             graph = dispatch_graph(graph, platform, setting.dispatcher, setting.dispatching_table)
-            quantizer = PFL.Quantizer(platform, graph)
-            build_pipeline = quantizer.build_quant_pipeline
 
-            def with_locks(s):
-                nonlocal lock_pass
-                pipeline = build_pipeline(s)
-                for i, p in enumerate(pipeline._pipeline):
-                    if isinstance(p, RuntimeCalibrationPass):
-                        lock_pass = _locking_calibration(p, locks)
-                        pipeline._pipeline[i] = lock_pass
-                return pipeline
+            class LockingQuantizer(type(PFL.Quantizer(platform, graph))):
+                """The platform's quantizer, its calibration pass replaced by one that locks scales first."""
 
-            quantizer.build_quant_pipeline = with_locks
-            executor = TorchExecutor(graph=quantizer._graph, device=DEVICE)
+                def build_quant_pipeline(self, s):
+                    nonlocal lock_pass
+                    passes = list(super().build_quant_pipeline(s))
+                    for i, p in enumerate(passes):
+                        if isinstance(p, RuntimeCalibrationPass):
+                            lock_pass = passes[i] = _locking_calibration(p, locks)
+                    return PFL.Pipeline(passes)
+
+            quantizer = LockingQuantizer(graph)  # quantizes ``graph`` in place
+            executor = TorchExecutor(graph=graph, device=DEVICE)
             quantizer.quantize(
                 inputs=example, calib_dataloader=calib, executor=executor, setting=setting,
                 calib_steps=min(len(calib), 5000), collate_fn=lambda batch: batch,
@@ -347,7 +346,7 @@ class Quantizer:
         if lock_pass is None:
             raise QuantizationError("ESP-PPQ's pipeline has no calibration pass", "use esp-ppq 1.3.x")
         self.calibrations += int(lock_pass.calibrated)
-        return quantizer._graph, lock_pass.unlocked
+        return graph, lock_pass.unlocked
 
     def _quantize_explicit(self, spec, platform, sub, sequences, offline, out: Path, name: str):
         """Streaming graph of an explicit-cache sub-model, exponents locked to the offline graph."""
@@ -454,8 +453,6 @@ class Quantizer:
 
         ``table``: the spec's manual streaming-table entries (auto models), given to every module's export.
         """
-        import esp_ppq.lib as PFL
-
         platform = qm.target.ppq_platform(qm.bits)
         path = out / f"m{m.index}.espdl"
         shape = [1, m.in_channels, frames]
@@ -470,9 +467,8 @@ class Quantizer:
             _advised(log, graph, f"module {m.index} of '{qm.spec.name}' {what}"),
             ppq_call(f"export {qm.spec.name} module {m.index} {what}", log),
             repaired_exports(),
-            captured_layouts() as layouts,
         ):
-            exporter = PFL.Exporter(platform=platform)
+            exporter = layout_recording_exporter(platform)
             if stateful:  # explicit caches: the locked streaming graph at this window
                 _retrace(graph, {"input": shape, "cache": [1, *m.cache_shape]})
                 exporter.export(str(path), graph, export_config=True)
@@ -494,6 +490,7 @@ class Quantizer:
                     exporter.export(str(path), graph, export_config=True)
                 finally:
                     _retrace(graph, {"input": [1, m.in_channels, qm.spec.sequence_length]})
+        layouts = exporter.layouts
         self.exports += 1
         names = ["input", "output", *(["cache", "cache_out"] if stateful else [])]
         if m.output.flat:  # not a [1, C, F] tensor: the runner sends its elements (protocol layout FLAT)
@@ -605,8 +602,10 @@ def _verified_exports(manifest: Path, target: Target) -> list[StreamingExport] |
 
 
 def _exported(path: Path, entry: dict, target: Target) -> StreamingExport:
-    """A manifest entry with its file linted (lint is not cached: it follows the current rules)."""
-    findings = tuple(str(f) for f in lint_model(load_espdl(path), target))
+    """A manifest entry with its file linted (the findings are kept on disk but follow the current rules)."""
+    from harness.derived import cached_lint
+
+    findings = cached_lint(path, target)
     return StreamingExport(**{**entry, "path": path, "lint": findings})
 
 
@@ -816,7 +815,7 @@ def _exclusive(directory: Path):
 
 
 def _save_graph(graph, path: Path) -> None:
-    from esp_ppq.api.interface import export_ppq_graph
+    from esp_ppq.api import export_ppq_graph
     from esp_ppq.core import TargetPlatform
 
     with ppq_call(f"save {path.name}", path.with_suffix(".save.log")):
@@ -824,13 +823,15 @@ def _save_graph(graph, path: Path) -> None:
 
 
 def _load_graph(path: Path):
-    from esp_ppq.api.interface import load_native_graph
+    from esp_ppq.api import load_native_graph
 
     with ppq_call(f"load {path.name}", path.with_suffix(".load.log")):
         return load_native_graph(str(path))
 
 
 def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> QuantizedModel:
+    from harness.derived import cached_lint
+
     manifest = json.loads((directory / "manifest.json").read_text())
     modules = []
     for entry in manifest["modules"]:
@@ -851,7 +852,7 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
                 out_exponent=var_exponent(offline, "output"),
                 unlocked=entry["unlocked"],
                 output=OutputForm(**{**entry["output"], "shape": tuple(entry["output"]["shape"])}),
-                lint=tuple(str(f) for f in lint_model(load_espdl(directory / f"m{k}.offline.espdl"), target)),
+                lint=cached_lint(directory / f"m{k}.offline.espdl", target),
             )
         )
     return QuantizedModel(

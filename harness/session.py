@@ -8,7 +8,7 @@ every worker's reports (measurements ride on them), and the workers' stage
 counters arrive through xdist's ``workeroutput``; nothing is read back from
 files an earlier run may have left.
 
-``session.json`` = ``{"schema", "run", "dut", "targets", "calibrations",
+``session.json`` = ``{"schema", "run", "dut", "dut_reason", "targets", "calibrations",
 "exports", "summary", "other_tests", "cases": [...]}``; each case has its
 node id, target, model, window, ``outcome`` (pytest's word), ``verdict``,
 ``message`` and, where the case measured them, the numbers its verdicts came
@@ -49,6 +49,7 @@ class SessionReport:
 
     dut: str
     targets: list[str]
+    dut_reason: str = ""  # why this DUT (a board found, --dut virtual, auto's fallback)
     run: dict = field(default_factory=dict)
     cases: dict[str, dict] = field(default_factory=dict)  # node id -> case, in the order reports arrived
     summary: dict[str, int] = field(default_factory=dict)  # pytest's categories over HIL cases
@@ -95,6 +96,7 @@ class SessionReport:
             "schema": SCHEMA,
             "run": self.run,
             "dut": self.dut,
+            "dut_reason": self.dut_reason,
             "targets": self.targets,
             "calibrations": self.calibrations,
             "exports": self.exports,
@@ -132,9 +134,9 @@ def markdown(data: dict) -> str:
     passed = sum(c["outcome"] == "passed" for c in cases)
     counts = ", ".join(f"{n} {k}" for k, n in data["summary"].items()) or "no cases"
     lines = [
-        "# Streaming sign-off report",
+        f"# Streaming sign-off report ({'virtual board, no chip' if data['dut'] == 'virtual' else data['dut']})",
         "",
-        f"DUT: **{data['dut']}** · targets: {', '.join(data['targets'])} · "
+        f"DUT: **{data['dut']}** ({data.get('dut_reason', '')}) · targets: {', '.join(data['targets'])} · "
         f"calibrations this run: {data['calibrations']} · exports this run: {data['exports']} · run {data['run']['id'][:12]}",
         "",
         f"**{passed}/{len(cases)} cases pass** (pytest: {counts}).",

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import ConfigError
+from harness.resources import shipped
 
 STREAMING_MODES = ("explicit", "auto", "exported")
 
@@ -54,7 +55,7 @@ HARNESS_KEYS: dict[str, Any] = {
     "tolerance_reason": "",  # why a non-zero tolerance is right (shown in reports)
 }
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = shipped("models")
 
 
 @dataclass
@@ -202,7 +203,11 @@ def builtin_spec_paths() -> list[Path]:
 
 
 def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = None) -> list[ModelSpec]:
-    """Built-in specs plus ``--model-spec`` files, filtered by ``--models``; names must be unique."""
+    """Built-in specs plus ``--model-spec`` files, filtered by ``--models``; names must be unique.
+
+    Without ``--models``: the ``--model-spec`` models when there are any (a user's repository runs its own
+    models), else every shipped one.
+    """
     specs: dict[str, ModelSpec] = {}
     for path in [*builtin_spec_paths(), *(Path(p) for p in extra_paths or [])]:
         spec = load_spec(path)
@@ -218,4 +223,5 @@ def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = No
                 f"unknown model(s) {', '.join(unknown)} in --models", f"choose from {', '.join(sorted(specs))}"
             )
         return [specs[n] for n in only]
-    return list(specs.values())
+    own = [s for s in specs.values() if s.path in {Path(p).resolve() for p in extra_paths or []}]
+    return own or list(specs.values())

@@ -16,9 +16,15 @@ same simulator on whole sequences.
 int16 graphs run in float64 on both sides (ESP-PPQ's high-precision mode):
 ESP-PPQ's float32 sums of int16 products are inexact and depend on how many
 frames a conv sees at once, which is arithmetic, not streaming.
+
+All sequences of a case step together, one batch row each with its own
+state, when the graphs keep batch rows apart (``harness.reference.batchable``);
+otherwise one sequence at a time. Both give the same integers.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -27,7 +33,7 @@ from harness.espdl import load_espdl
 from harness.frames import Frames
 from harness.lint import TEMPORAL_OPS
 from harness.ppq_env import DEVICE, import_ppq, precise_copy
-from harness.reference import offline_reference, to_chip_output, to_graph_input
+from harness.reference import batchable, offline_reference, one_thread, to_chip_outputs, to_graph_input
 from harness.tensors import QTensor
 
 TIME_AXIS = 2  # ESP-PPQ graphs are NCW
@@ -104,7 +110,11 @@ def exported_wiring(graph, espdl_path, streamer):
 
 
 class HostStreamer:
-    """The streaming sub-models of one quantized model, ready to step window by window."""
+    """The streaming sub-models of one quantized model, ready to step window by window.
+
+    ``step`` takes one window of one sequence ``[W, C]`` or of a batch of sequences ``[S, W, C]``; each
+    batch row carries its own state. Step a batch only when ``batchable`` says the graphs keep rows apart.
+    """
 
     def __init__(self, qm, exports=None):
         import_ppq()
@@ -114,54 +124,80 @@ class HostStreamer:
         self.steps = 0
         self._steps = []
         self._caches: list = []
+        self._probes = []  # per module: the graph that decides whether batch rows stay apart, and its inputs
         for m, export in zip(qm.modules, exports or [None] * len(qm.modules)):
             hooks = {}
+            offline = _precise(qm, m.offline_graph)
             if qm.spec.streaming == "auto":
                 if export is None:
                     raise StreamingError(f"'{qm.spec.name}' streams as ESP-PPQ exports it",
                                          "pass the streaming exports of this window")
-                graph, hooks, caches = exported_wiring(_precise(qm, m.offline_graph), export.path, self)
+                graph, hooks, caches = exported_wiring(offline, export.path, self)
                 self._caches += caches
             else:
-                graph = _precise(qm, m.streaming_graph if m.streaming_graph is not None else m.offline_graph)
+                graph = _precise(qm, m.streaming_graph) if m.streaming_graph is not None else offline
+            if m.streaming_graph is not None:
+                self._probes.append((graph, lambda w, m=m: {"input": (m.in_channels, w),
+                                                            "cache": tuple(m.cache_shape)}))
+            else:  # the cache-free graph, or the one the auto caches are wired into
+                self._probes.append((offline, lambda w, m=m: {"input": (m.in_channels, qm.spec.sequence_length)}))
             self._steps.append((m, TorchExecutor(graph, device=DEVICE), hooks))
         self.reset()
 
-    def reset(self) -> None:
-        """Zero every cache, like ``Model::reset()`` on the chip."""
-        import torch
+    def batchable(self, window: int) -> bool:
+        """Whether every module's graph keeps batch rows apart at this window size."""
+        return all(batchable(graph, shapes(window)) for graph, shapes in self._probes)
 
-        self._state = [torch.zeros(1, *m.cache_shape) if m.streaming_graph is not None else None for m, _, _ in self._steps]
+    def reset(self) -> None:
+        """Zero every cache, like ``Model::reset()`` on the chip (sized by the next step's batch)."""
+        self._state = [None] * len(self._steps)
         for cache in self._caches:
             cache.state = None
 
     def step(self, window_frames: np.ndarray, exponent: int) -> list[np.ndarray]:
-        """Run one window ``[W, C]`` through every module; return each module's ``[W, C]`` output (per window: ``[1, values]``)."""
+        """Run one window ``[W, C]`` (or ``[S, W, C]``) through every module; return each module's ``[W, C]``
+        (``[S, W, C]``) output (per window: ``[1, values]``, ``[S, 1, values]``)."""
+        import torch
+
+        single = window_frames.ndim == 2
+        batch = window_frames[None] if single else window_frames
+        frames = batch.shape[1]
         self.steps += 1
-        x = to_graph_input(window_frames, exponent)
+        x = to_graph_input(batch, exponent)
         outputs = []
-        for k, (m, executor, hooks) in enumerate(self._steps):
-            if self._state[k] is not None:
-                x, self._state[k] = executor.forward(
-                    {"input": x, "cache": self._state[k]}, output_names=["output", "cache_out"]
-                )
-            else:
-                x = executor.forward({"input": x}, output_names=["output"], hooks=hooks)[0]
-            if m.output.per_window:  # a head with one output per window: its shape is the offline one
-                outputs.append(to_chip_output(x, m.out_exponent, self.qm.bits, per_window=True))
-                continue
-            if x.shape[TIME_AXIS] != window_frames.shape[0]:
-                raise StreamingError(
-                    f"module {k} of '{self.qm.spec.name}' turns {window_frames.shape[0]} frames into "
-                    f"{x.shape[TIME_AXIS]}",
-                    "streaming sub-models must keep the frame rate (one output frame per input frame)",
-                )
-            outputs.append(to_chip_output(x, m.out_exponent, self.qm.bits))
-        return outputs
+        with one_thread():
+            for k, (m, executor, hooks) in enumerate(self._steps):
+                if m.streaming_graph is not None:
+                    state = self._state[k]
+                    if state is None:
+                        state = torch.zeros(len(batch), *m.cache_shape)
+                    x, self._state[k] = executor.forward(
+                        {"input": x, "cache": state}, output_names=["output", "cache_out"]
+                    )
+                else:
+                    x = executor.forward({"input": x}, output_names=["output"], hooks=hooks)[0]
+                if m.output.per_window:  # a head with one output per window: its shape is the offline one
+                    outputs.append(to_chip_outputs(x, m.out_exponent, self.qm.bits, per_window=True))
+                    continue
+                if x.shape[TIME_AXIS] != frames:
+                    raise StreamingError(
+                        f"module {k} of '{self.qm.spec.name}' turns {frames} frames into {x.shape[TIME_AXIS]}",
+                        "streaming sub-models must keep the frame rate (one output frame per input frame)",
+                    )
+                outputs.append(to_chip_outputs(x, m.out_exponent, self.qm.bits))
+        return [o[0] for o in outputs] if single else outputs
+
+
+_PRECISE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _precise(qm, graph):
-    return precise_copy(graph) if qm.bits == 16 else graph
+    """The float64 copy of an int16 graph (made once per graph), else the graph."""
+    if qm.bits != 16:
+        return graph
+    if graph not in _PRECISE:
+        _PRECISE[graph] = precise_copy(graph)
+    return _PRECISE[graph]
 
 
 def stream_on_host(qm, frames: Frames, window: int, exports=None) -> list[QTensor]:
@@ -173,13 +209,15 @@ def stream_on_host(qm, frames: Frames, window: int, exports=None) -> list[QTenso
             f"window size {window} does not divide the {t} frames of each sequence", "choose a divisor of the sequence length"
         )
     streamer = HostStreamer(qm, exports)
+    values = frames.values
+    batches = [values] if len(values) == 1 or streamer.batchable(window) else [seq[None] for seq in values]
     per_module: list[list[np.ndarray]] = [[] for _ in qm.modules]
-    for seq in frames.values:
+    for batch in batches:
         streamer.reset()
-        chunks = [streamer.step(seq[i : i + window], frames.exponent) for i in range(0, t, window)]
+        chunks = [streamer.step(batch[:, i : i + window], frames.exponent) for i in range(0, t, window)]
         for k in range(len(qm.modules)):
-            per_module[k].append(np.concatenate([c[k] for c in chunks]))
-    return [QTensor(np.stack(out), m.out_exponent) for m, out in zip(qm.modules, per_module)]
+            per_module[k].append(np.concatenate([c[k] for c in chunks], axis=1))
+    return [QTensor(np.concatenate(out), m.out_exponent) for m, out in zip(qm.modules, per_module)]
 
 
 def offline_on_host(qm, frames: Frames) -> list[QTensor]:

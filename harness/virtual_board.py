@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import hashlib
 import os
 import pty
@@ -56,6 +57,21 @@ def build_id() -> str:
     for name in ("engine.py", "scheduler.py", "virtual_board.py", "protocol.py", "targets.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return "virtual-" + h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _loaded(data: bytes, name: str, target: str):
+    """The model in ``data``, checked like dl::Model's load (unknown ops refused now, not mid-stream).
+
+    Kept by content: every case uploads the same files again after its reset, and parsing them again in
+    Python would only slow the emulator down (nothing changes a parsed model).
+    """
+    from harness.engine import Engine
+    from harness.espdl import load_espdl
+
+    model = load_espdl(data, name=name)
+    Engine(model, target)
+    return model
 
 
 class BoardError(Exception):
@@ -229,9 +245,7 @@ class Board:
         return b""
 
     def _model_end(self, m: p.ModelEnd):
-        from harness.engine import Engine
         from harness.errors import HarnessError
-        from harness.espdl import load_espdl
 
         upload = self.uploads.pop(m.slot, None)
         if upload is None:
@@ -242,8 +256,7 @@ class Board:
         if hashlib.sha256(data).digest() != upload.sha256:
             raise BoardError(p.ErrorCode.MODEL_SHA_MISMATCH, f"slot {m.slot}: SHA-256 of the {len(data)} bytes differs")
         try:
-            model = load_espdl(data, name=upload.name)
-            Engine(model, self.target)  # like dl::Model's load: refuses unknown ops now, not mid-stream
+            model = _loaded(data, upload.name, self.target.name)
         except HarnessError as exc:
             raise BoardError(p.ErrorCode.MODEL_LOAD_FAILED, f"{upload.name}: {exc}") from None
         self.models[m.slot] = (model, len(data))

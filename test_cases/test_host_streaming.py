@@ -9,16 +9,17 @@ simulator run on whole sequences: streaming exactness, without a device.
 import pytest
 
 from harness.compare import streaming_verdict
+from harness.derived import cached_host_reference
 from harness.per_window import expected_outputs, judged_outputs, prefix, verdict_rows
-from harness.streaming import offline_on_host, stream_on_host
+from harness.streaming import stream_on_host
 
 
 def test_host_streaming_matches_offline(hil_case, quantized_model, streaming_exports, frames, record_case):
     if quantized_model.spec.exports is not None:
         pytest.skip("exported files: no ESP-PPQ graph to simulate; the device cases judge the files")
     w, t = hil_case.window, frames.sequence_length
-    offline = expected_outputs(quantized_model, w, t, offline_on_host(quantized_model, frames),
-                               lambda length: offline_on_host(quantized_model, prefix(frames, length)))
+    offline = expected_outputs(quantized_model, w, t, cached_host_reference(quantized_model, frames),
+                               lambda length: cached_host_reference(quantized_model, prefix(frames, length)))
     streamed = judged_outputs(quantized_model, w, t, stream_on_host(quantized_model, frames, w, streaming_exports))
     rows = verdict_rows(quantized_model, w, t)
     streaming = streaming_verdict(offline, streamed, w, quantized_model.tolerance_lsb,

@@ -123,10 +123,30 @@ def test_dut_board_without_esp_idf_or_board_is_one_line(tmp_path):
     assert "install ESP-IDF" in lines[0] and "export.sh" in lines[0]
 
 
-def test_dut_auto_falls_back_visibly(tmp_path):
-    proc = run_pytest("--collect-only", f"--artifacts-dir={tmp_path}", "--target=esp32p4")
+def test_a_port_asks_for_a_board_and_never_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(fw, "idf_missing", lambda: None)
+    from harness.plugin import _choose_dut
+
+    with pytest.raises(HarnessError, match=r"--dut board --port /dev/ttyNOPE0: serial port /dev/ttyNOPE0 does not exist"):
+        _choose_dut("auto", ["esp32p4"], "/dev/ttyNOPE0")
+    proc = run_pytest("--collect-only", f"--artifacts-dir={tmp_path}", "--target=esp32p4", "--port=/dev/ttyNOPE0")
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 4 and len(lines) == 1 and lines[0].startswith("ERROR: --dut board --port /dev/ttyNOPE0: ")
+
+
+def test_dut_auto_falls_back_visibly_in_header_report_junit_and_session(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    proc = run_pytest("-k", "streamed_matches_offline", f"--artifacts-dir={tmp_path}", "--target=esp32p4",
+                      "--models=tcn_seed", "--window-sizes=3", f"--junitxml={tmp_path / 'junit.xml'}")
+    assert proc.returncode == 0, proc.stdout[-2000:]
     header = [line for line in proc.stdout.splitlines() if line.startswith("espdl-hil: DUT")]
-    assert header == [header[0]] and header[0].startswith("espdl-hil: DUT = virtual (--dut auto fell back to the virtual board:")
+    assert header == [header[0]] and header[0].startswith("espdl-hil: DUT = VIRTUAL (--dut auto fell back to the virtual board:")
+    assert (tmp_path / "report.md").read_text().startswith("# Streaming sign-off report (virtual board, no chip)")
+    properties = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "junit.xml").iter("property")}
+    assert properties["hil_dut"] == "virtual" and properties["hil_dut_reason"].startswith("--dut auto fell back")
+    session = json.loads((tmp_path / "session.json").read_text())
+    assert session["dut"] == "virtual" and session["dut_reason"].startswith("--dut auto fell back")
 
 
 class FakeLoader:

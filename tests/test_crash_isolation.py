@@ -16,7 +16,7 @@ def test_killing_the_virtual_board_fails_that_case_only(tmp_path):
     env = {**os.environ, "HIL_KILL_CASE": KILLED}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.plugins.kill_board", "-q",
-         "test_cases/test_device_streaming.py", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
+         "test_cases/test_device_streaming.py", f"--hil-cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
          f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto", "--target=esp32p4",
          "--window-sizes=1,3", "--dut=virtual"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,

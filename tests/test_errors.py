@@ -45,11 +45,23 @@ def test_broken_model_spec_is_one_line(tmp_path):
     assert line.endswith("fix the file (see README, 'Adding a model').")
 
 
-def test_path_option_after_a_space_is_explained(tmp_path):
-    # pytest takes an existing path after a space for a test path when it looks for pytest.ini
-    proc = run_pytest("--collect-only", "--cache-dir", str(tmp_path))
+def test_path_options_work_with_a_space_where_no_ini_file_is_missed(tmp_path):
+    """A user's directory without an ini file: an existing directory after a space is the option's value."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "out").mkdir()
+    proc = run_pytest("--collect-only", "-q", "--hil-cache-dir", str(tmp_path / "cache"), "--artifacts-dir",
+                      str(tmp_path / "out"), "--models", "tcn_seed", "--target", "esp32p4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test_streamed_matches_offline[esp32p4-tcn_seed-W3]" in proc.stdout  # the shipped cases, from the package
+
+
+def test_a_path_after_a_space_that_hides_the_ini_file_is_one_line(tmp_path):
+    """pytest looks for its ini file before plugins add options: the existing directory after a space steers that
+    search away from this repository's pytest.ini, which would silently drop testpaths and addopts."""
+    proc = run_pytest("--collect-only", "--hil-cache-dir", str(tmp_path))
     [line] = error_lines(proc)
-    assert line.startswith("ERROR: pytest did not find the project's pytest.ini") and "--cache-dir=..." in line
+    assert line.startswith(f"ERROR: pytest did not read {ROOT / 'pytest.ini'} because an option value given after a "
+                           "space was taken for a test path") and "--hil-cache-dir=..." in line
 
 
 def test_malformed_espdl_is_one_line(tmp_path):

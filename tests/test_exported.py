@@ -49,7 +49,7 @@ def test_the_harness_own_exports_pass_both_verdicts_as_an_exported_spec(tutorial
     spec = exported_spec(tutorial_files, "mine", {
         "esp32p4": {"offline": "model.espdl", "streaming": {3: "streaming_w3.espdl", 6: "streaming_w6.espdl"}}})
     proc = run_pytest("test_cases", f"--model-spec={spec}", "--models=mine", "--target=esp32p4", "--dut=virtual",
-                      "--window-sizes=3,6", f"--artifacts-dir={tmp_path / 'a'}", f"--cache-dir={tmp_path / 'c'}")
+                      "--window-sizes=3,6", f"--artifacts-dir={tmp_path / 'a'}", f"--hil-cache-dir={tmp_path / 'c'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     session = session_of(tmp_path / "a")
     streamed = {c["window"]: c for c in session["cases"] if c["test"] == "test_streamed_matches_offline"}
@@ -70,7 +70,7 @@ def test_a_file_without_test_values_streams_on_generated_frames_and_says_fidelit
     shutil.copy(quantizer.streaming_exports(qm, 3)[0].path, tmp_path / "w3.espdl")
     spec = exported_spec(tmp_path, "bare", {"esp32p4": {"offline": "model.espdl", "streaming": {3: "w3.espdl"}}})
     proc = run_pytest("test_cases", f"--model-spec={spec}", "--models=bare", "--target=esp32p4", "--dut=virtual",
-                      "--window-sizes=3", f"--artifacts-dir={tmp_path / 'a'}", f"--cache-dir={tmp_path / 'c'}")
+                      "--window-sizes=3", f"--artifacts-dir={tmp_path / 'a'}", f"--hil-cache-dir={tmp_path / 'c'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     case = next(c for c in session_of(tmp_path / "a")["cases"] if c["test"] == "test_streamed_matches_offline")
     assert case["streaming_verdict"] == "pass" and case["fidelity_verdict"] == "not judged"
@@ -144,7 +144,7 @@ def test_esp_dl_tutorial_files_stream_and_pass_on_both_targets(tmp_path):
     spec = exported_spec(tmp_path, "esp_dl_tutorial", {
         t: {"offline": f"{t}/model.espdl", "streaming": {3: f"{t}/streaming_model.espdl"}} for t in ("esp32p4", "esp32s3")})
     proc = run_pytest("test_cases", f"--model-spec={spec}", "--models=esp_dl_tutorial", "--dut=virtual",
-                      f"--artifacts-dir={tmp_path / 'a'}", f"--cache-dir={tmp_path / 'c'}")
+                      f"--artifacts-dir={tmp_path / 'a'}", f"--hil-cache-dir={tmp_path / 'c'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     cases = [c for c in session_of(tmp_path / "a")["cases"] if c["test"] == "test_streamed_matches_offline"]
     assert sorted(c["target"] for c in cases) == ["esp32p4", "esp32s3"]

@@ -71,7 +71,7 @@ def test_a_run_records_the_saturation_of_its_frames_in_every_case(tmp_path):
     path = tmp_path / "loud.npy"
     np.save(path, np.random.default_rng(0).standard_normal((2, 12, 8)).astype(np.float32) * 1e6)
     proc = run_pytest("test_cases", "-q", "-k", "host_streaming or embedded", f"--frames={path}",
-                      f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a", "--target=esp32p4",
+                      f"--hil-cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a", "--target=esp32p4",
                       "--window-sizes=3", f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FramesWarning: esp32p4 tiny_auto:" in proc.stdout and "saturate when quantized" in proc.stdout

@@ -1,5 +1,7 @@
 """Host streaming-equivalence: it passes on correct models and catches broken streaming ones."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from harness.errors import StreamingError
 from harness.frames import generate_frames
 from harness.reference import offline_reference
 from harness.streaming import HostStreamer, offline_on_host, stream_on_host
+from harness.tensors import QTensor
 
 
 @pytest.mark.parametrize("name", ["tiny_explicit", "tiny_auto", "tiny_auto16", "residual_input_auto", "gated_auto"])
@@ -103,3 +106,31 @@ def test_a_cache_packing_tensors_of_different_exponents_is_refused_in_one_line(t
         tiny("packed_cache_explicit", "esp32p4")
     assert "\n" not in str(info.value) and "its own cache input and output" in str(info.value)
     assert tiny("packed_cache_explicit", "esp32s3").tolerance_lsb == 0
+
+
+def _one_at_a_time(frames, run) -> list[QTensor]:
+    """``run`` on each sequence alone, stacked: what stepping one sequence at a time gives."""
+    alone = [run(dataclasses.replace(frames, values=frames.values[i : i + 1])) for i in range(len(frames.values))]
+    return [QTensor(np.concatenate([a[k].data for a in alone]), alone[0][k].exponent) for k in range(len(alone[0]))]
+
+
+@pytest.mark.parametrize("name, windows", [
+    ("tiny_explicit", (1, 4)), ("unlockable", (1, 3)), ("tiny_auto", (1, 3)), ("tiny_auto16", (2, 6)),
+    ("head_table_auto", (1, 4)), ("head_reshape_auto", (4,)),
+])
+def test_all_sequences_at_once_give_what_each_gives_alone(tiny, quantizer, name, windows):
+    """Sequences stepped as one batch (each row its own state) give the integers of one sequence at a time;
+    a graph that folds the batch into another axis (a Reshape to the traced [1, -1]) is stepped one at a time."""
+    qm = tiny(name)
+    frames = generate_frames(qm, sequences=3)
+    for window in windows:
+        exports = quantizer.streaming_exports(qm, window) if qm.spec.streaming == "auto" else None
+        assert HostStreamer(qm, exports).batchable(window) == (name != "head_reshape_auto")
+        together = stream_on_host(qm, frames, window, exports)
+        alone = _one_at_a_time(frames, lambda f: stream_on_host(qm, f, window, exports))
+        for k, (t, a) in enumerate(zip(together, alone)):
+            assert t.exponent == a.exponent and t.data.dtype == a.data.dtype, (window, k)
+            assert np.array_equal(t.data, a.data), (window, k)
+    for offline in (offline_reference, offline_on_host):
+        for t, a in zip(offline(qm, frames), _one_at_a_time(frames, lambda f: offline(qm, f))):
+            assert t.exponent == a.exponent and np.array_equal(t.data, a.data)

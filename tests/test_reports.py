@@ -33,7 +33,7 @@ def test_a_streaming_bug_fails_streaming_exactness_only_and_every_case_is_counte
                                                           "verdict": "pass"}]}
     (artifacts / ".session-gw0.json").write_text(json.dumps(ghost))  # a part an earlier crashed run left
     (artifacts / ".session-gw1.json").write_text('{"cases": [{"id": "broken"}]')  # and a damaged one
-    proc = run_pytest("test_cases", "-q", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={artifacts}", *STALE)
+    proc = run_pytest("test_cases", "-q", f"--hil-cache-dir={tmp_path}/cache", f"--artifacts-dir={artifacts}", *STALE)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     counts = pytest_counts(proc.stdout)
     collected = run_pytest("test_cases", "--collect-only", "-q", f"--artifacts-dir={tmp_path}/b", *STALE)

@@ -31,7 +31,7 @@ def test_target_option_selects_the_cases(tmp_path):
 
 
 def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
-    args = ["test_cases", "-q", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
+    args = ["test_cases", "-q", f"--hil-cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
             "--target=esp32p4", "--window-sizes=1,3", *TINY]
     cold = run_pytest(*args)
     assert cold.returncode == 0, cold.stdout + cold.stderr
@@ -66,7 +66,7 @@ def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
 
 
 def test_parallel_workers_share_one_calibration_and_one_report(tmp_path):
-    args = ["test_cases", "-q", "-n", "2", f"--cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
+    args = ["test_cases", "-q", "-n", "2", f"--hil-cache-dir={tmp_path}/cache", f"--artifacts-dir={tmp_path}/a",
             "--target=esp32p4", "--window-sizes=1,3", f"--model-spec={ROOT}/tests/specs/tiny_auto.py", "--models=tiny_auto"]
     proc = run_pytest(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
