@@ -2,5 +2,5 @@
 
 from importlib.metadata import entry_points
 
-if not any(ep.value == "harness.plugin" for ep in entry_points(group="pytest11")):
-    pytest_plugins = ["harness.plugin"]
+if not any(ep.value == "harness.plugin.hooks" for ep in entry_points(group="pytest11")):
+    pytest_plugins = ["harness.plugin.hooks"]

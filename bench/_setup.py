@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.quantize import Quantizer  # noqa: E402
-from harness.spec import load_specs  # noqa: E402
+from harness.ppq.quantize import Quantizer  # noqa: E402
+from harness.model.spec import load_specs  # noqa: E402
 from harness.targets import get_target  # noqa: E402
 
 
@@ -24,8 +24,8 @@ def connect(target: str, baud: int | None = None):
     """A started virtual board (optionally throttled to ``baud``) and a DeviceLink on its pty, after HELLO."""
     import serial
 
-    from harness.dut import DeviceLink
-    from harness.virtual_board import VirtualBoard
+    from harness.device.dut import DeviceLink
+    from harness.emulator.virtual_board import VirtualBoard
 
     board = VirtualBoard(target, ROOT / "artifacts" / "logs" / f"bench-virtual-{target}.log", baud=baud).start()
     port = serial.serial_for_url(board.port, baudrate=baud or 921600, timeout=0.05)
@@ -45,8 +45,8 @@ def stream_joined(link, quantizer, qm, window: int, sequences: int):
     import dataclasses
     import time
 
-    from harness.dut import default_output_batch, load_pipeline, queue_depth_for, run_sequences
-    from harness.frames import generate_frames
+    from harness.device.dut import default_output_batch, load_pipeline, queue_depth_for, run_sequences
+    from harness.model.frames import generate_frames
 
     frames = generate_frames(qm, sequences=sequences)
     joined = dataclasses.replace(frames, values=frames.values.reshape(1, -1, frames.values.shape[2]))

@@ -15,10 +15,10 @@ import time
 import numpy as np
 from _setup import quantized
 
-from harness.engine import Engine
-from harness.espdl import load_espdl
-from harness.frames import generate_frames
-from harness.streaming import HostStreamer
+from harness.emulator.engine import Engine
+from harness.espdl.reader import load_espdl
+from harness.model.frames import generate_frames
+from harness.ppq.streaming import HostStreamer
 
 
 def engine_chain(exports, target):

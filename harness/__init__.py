@@ -1,8 +1,9 @@
-"""Hardware-in-the-loop test harness for streaming ESP-DL models.
+"""Hardware-in-the-loop test harness for streaming ESP-DL models, by layer.
 
-One module per stage of the flow: ``quantize`` (calibrate once, export per
-window), ``reference`` (offline quantized run), ``frames`` (input frames),
-``dut`` with ``virtual_board``/``firmware`` (stream to the device under test),
-``compare`` and ``session`` (verdicts and the sign-off report); ``streaming``
-is the host-side streaming check, ``engine`` the chip's integer arithmetic.
+``model`` (specs and frames) -> ``ppq`` (ESP-PPQ: quantize, export, simulate)
+-> ``espdl`` (the file: reader and lint) -> ``emulator`` (ESP-DL's arithmetic,
+the virtual board) and ``device`` (protocol, host link, boards) ->
+``verdict`` (the two questions) -> ``plugin`` (pytest wiring and the report).
+``errors``, ``tensors``, ``targets``, ``resources`` and ``compat`` are shared
+by all layers; ``compat`` is the one place that touches upstream internals.
 """

@@ -377,7 +377,7 @@ def check() -> None:
 
     Cheap: imports the libraries (ESP-PPQ takes a few seconds) and runs no model.
     """
-    from harness.ppq_env import import_ppq
+    from harness.ppq.env import import_ppq
 
     with contextlib.suppress(Exception):  # a missing esp-ppq is reported below, per symbol
         import_ppq()

@@ -22,3 +22,14 @@ def checkout_root() -> Path | None:
     """The repository root when running from a checkout (it has ``pyproject.toml`` beside ``harness/``), else None."""
     root = PACKAGE.parent
     return root if (root / "pyproject.toml").is_file() and (root / "test_cases").is_dir() else None
+
+
+def code_digest(*modules: str) -> str:
+    """sha256 over the source files of ``modules`` (dotted names): what decides a cached or reported result."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(name.encode() + b"\n" + Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()

@@ -11,7 +11,7 @@ seed). Each case answers two different questions:
   cache, schedule and export-wiring bugs.
 * **arithmetic fidelity**: the device's offline result equals ESP-PPQ's
   simulation within ESP-DL's contract (int8 exact, int16 the measured bound of
-  ``harness.fidelity``).
+  ``harness.ppq.fidelity``).
 """
 
 import dataclasses
@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.compare import compare, fidelity_verdict, streaming_verdict
-from harness.dut import configure_pipeline, stream_pipeline
-from harness.per_window import expected_outputs, judged_outputs, judged_windows, prefix, unjudged_note, verdict_rows
+from harness.verdict.compare import compare, fidelity_verdict, streaming_verdict
+from harness.device.dut import configure_pipeline, stream_pipeline
+from harness.verdict.per_window import expected_outputs, judged_outputs, judged_windows, prefix, unjudged_note, verdict_rows
 from harness.tensors import QTensor
 
 

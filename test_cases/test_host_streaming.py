@@ -8,10 +8,10 @@ simulator run on whole sequences: streaming exactness, without a device.
 
 import pytest
 
-from harness.compare import streaming_verdict
-from harness.derived import cached_host_reference
-from harness.per_window import expected_outputs, judged_outputs, prefix, verdict_rows
-from harness.streaming import stream_on_host
+from harness.verdict.compare import streaming_verdict
+from harness.ppq.derived import cached_host_reference
+from harness.verdict.per_window import expected_outputs, judged_outputs, prefix, verdict_rows
+from harness.ppq.streaming import stream_on_host
 
 
 def test_host_streaming_matches_offline(hil_case, quantized_model, streaming_exports, frames, record_case):

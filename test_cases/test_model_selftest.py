@@ -11,8 +11,8 @@ chip computes differently from ESP-PPQ's simulation.
 
 import pytest
 
-from harness.emulator import check
-from harness.espdl import load_espdl
+from harness.emulator.check import check
+from harness.espdl.reader import load_espdl
 
 
 def test_embedded_test_values_match_the_chip_arithmetic(hil_model, hil_session):

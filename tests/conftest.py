@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.quantize import Quantizer
-from harness.spec import load_spec
+from harness.ppq.quantize import Quantizer
+from harness.model.spec import load_spec
 from harness.targets import get_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def run_pytest(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def boards(tmp_path_factory):
     """``boards(target)`` -> a running virtual board for ``target`` (started again if one died)."""
-    from harness.virtual_board import VirtualBoard
+    from harness.emulator.virtual_board import VirtualBoard
 
     started = {}
 

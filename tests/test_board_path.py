@@ -21,7 +21,7 @@ import esptool
 import pytest
 import serial
 
-from harness import firmware as fw
+from harness.device import firmware as fw
 from harness.errors import HarnessError
 from tests.conftest import ROOT, run_pytest
 
@@ -125,10 +125,10 @@ def test_dut_board_without_esp_idf_or_board_is_one_line(tmp_path):
 
 def test_a_port_asks_for_a_board_and_never_falls_back(tmp_path, monkeypatch):
     monkeypatch.setattr(fw, "idf_missing", lambda: None)
-    from harness.plugin import _choose_dut
+    from harness.plugin.options import choose_dut
 
     with pytest.raises(HarnessError, match=r"--dut board --port /dev/ttyNOPE0: serial port /dev/ttyNOPE0 does not exist"):
-        _choose_dut("auto", ["esp32p4"], "/dev/ttyNOPE0")
+        choose_dut("auto", ["esp32p4"], "/dev/ttyNOPE0")
     proc = run_pytest("--collect-only", f"--artifacts-dir={tmp_path}", "--target=esp32p4", "--port=/dev/ttyNOPE0")
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 4 and len(lines) == 1 and lines[0].startswith("ERROR: --dut board --port /dev/ttyNOPE0: ")
@@ -171,7 +171,7 @@ class FakeLoader:
 @pytest.fixture
 def fake_esptool(monkeypatch, tmp_path):
     """Connect esptool to a virtual board; record every esptool command, applying write-flash to the board."""
-    from harness.virtual_board import VirtualBoard
+    from harness.emulator.virtual_board import VirtualBoard
 
     board = VirtualBoard("esp32p4", tmp_path / "vb.log").start()
     recorded: list[list[str]] = []
@@ -194,7 +194,7 @@ def fake_esptool(monkeypatch, tmp_path):
 
 
 def test_flashes_only_a_board_that_runs_another_build(app, tmp_path, fake_esptool):
-    from harness.plugin import open_board
+    from harness.plugin.boards import open_board
 
     board, recorded, flashed, resets = fake_esptool
     firmware, _ = fw.ensure_built("esp32p4", tmp_path / "build.log", run=fake_idf_build([]))
@@ -214,7 +214,7 @@ def test_flashes_only_a_board_that_runs_another_build(app, tmp_path, fake_esptoo
 
 
 def test_a_board_that_stays_silent_after_flashing_is_one_clear_error(app, tmp_path, fake_esptool, monkeypatch):
-    from harness.plugin import open_board
+    from harness.plugin.boards import open_board
 
     board, recorded, flashed, _ = fake_esptool
     firmware, _ = fw.ensure_built("esp32p4", tmp_path / "build.log", run=fake_idf_build([]))
@@ -226,8 +226,8 @@ def test_a_board_that_stays_silent_after_flashing_is_one_clear_error(app, tmp_pa
 
 
 def test_wrong_target_firmware_is_one_clear_error(tmp_path):
-    from harness.plugin import open_virtual_board
-    from harness.virtual_board import VirtualBoard
+    from harness.plugin.boards import open_virtual_board
+    from harness.emulator.virtual_board import VirtualBoard
 
     board = VirtualBoard("esp32s3", tmp_path / "vb.log").start()
     try:
@@ -244,8 +244,8 @@ def test_a_silent_device_times_out_with_one_clear_error():
     import pty
     import time
 
-    from harness.dut import DeviceLink
-    from harness.protocol import ProtocolError
+    from harness.device.dut import DeviceLink
+    from harness.device.protocol import ProtocolError
 
     master, slave = pty.openpty()  # a port with nothing behind it
     port = serial.serial_for_url(os.ttyname(slave), timeout=0.05)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.compare import compare, fidelity_verdict, streaming_verdict
+from harness.verdict.compare import compare, fidelity_verdict, streaming_verdict
 from harness.tensors import QTensor
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from harness import compat
 from harness.errors import ConfigError
-from harness.ppq_env import import_ppq
+from harness.ppq.env import import_ppq
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-import harness.fidelity
-import harness.lint
-import harness.reference
-import harness.streaming
-from harness.derived import cached_fidelity_bound, cached_host_reference, cached_lint, cached_reference, entry_directory
-from harness.frames import generate_frames
+import harness.ppq.fidelity
+import harness.espdl.lint
+import harness.ppq.reference
+import harness.ppq.streaming
+from harness.ppq.derived import cached_fidelity_bound, cached_host_reference, cached_lint, cached_reference, entry_directory
+from harness.model.frames import generate_frames
 
 
 def _counted(monkeypatch, module, name: str) -> list:
@@ -35,8 +35,8 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("name, cached, module, computed", [
-    ("tiny_auto", cached_reference, harness.reference, "offline_reference"),
-    ("tiny_auto16", cached_host_reference, harness.streaming, "offline_on_host"),
+    ("tiny_auto", cached_reference, harness.ppq.reference, "offline_reference"),
+    ("tiny_auto16", cached_host_reference, harness.ppq.streaming, "offline_on_host"),
 ])
 def test_a_reference_is_simulated_once_then_read(tiny, monkeypatch, name, cached, module, computed):
     qm = tiny(name)
@@ -68,7 +68,7 @@ def test_a_damaged_reference_is_simulated_again(tiny, monkeypatch, damage):
         (entry / "manifest.json").unlink()
     else:
         (entry / "manifest.json").write_text("{")
-    calls = _counted(monkeypatch, harness.reference, "offline_reference")
+    calls = _counted(monkeypatch, harness.ppq.reference, "offline_reference")
     assert _same(cached_reference(qm, frames), expected)
     assert len(calls) == 1  # simulated again, not read
     assert _same(cached_reference(qm, frames), expected) and len(calls) == 1  # and stored again
@@ -82,7 +82,7 @@ def test_a_damaged_fidelity_bound_is_measured_again(tiny, monkeypatch):
     entry = entry_directory(qm, "fidelity", frames)
     bound = json.loads((entry / "bound.json").read_text())
     (entry / "bound.json").write_text(json.dumps({**bound, "per_module": [99] * len(bound["per_module"])}))
-    calls = _counted(monkeypatch, harness.fidelity, "fidelity_bound")
+    calls = _counted(monkeypatch, harness.ppq.fidelity, "fidelity_bound")
     assert cached_fidelity_bound(qm, frames) == expected
     assert len(calls) == 1
     assert cached_fidelity_bound(qm, frames) == expected and len(calls) == 1
@@ -91,7 +91,7 @@ def test_a_damaged_fidelity_bound_is_measured_again(tiny, monkeypatch):
 def test_a_model_without_a_cache_entry_is_simulated_every_time(tiny, monkeypatch):
     qm = dataclasses.replace(tiny("tiny_auto"), key="")  # e.g. a model being built: nothing to store next to
     frames = generate_frames(qm, seed=504)
-    calls = _counted(monkeypatch, harness.reference, "offline_reference")
+    calls = _counted(monkeypatch, harness.ppq.reference, "offline_reference")
     cached_reference(qm, frames)
     cached_reference(qm, frames)
     assert len(calls) == 2
@@ -102,7 +102,7 @@ def test_lint_findings_are_read_back_and_a_damaged_record_is_linted_again(tiny, 
     path = quantizer.streaming_exports(qm, 3)[0].path
     first = cached_lint(path, qm.target)
     record = path.with_name(f"{path.name}.lint.json")
-    calls = _counted(monkeypatch, harness.lint, "lint_model")
+    calls = _counted(monkeypatch, harness.espdl.lint, "lint_model")
     assert cached_lint(path, qm.target) == first and not calls
     data = json.loads(record.read_text())
     record.write_text(json.dumps({**data, "findings": [*data["findings"], "planted finding"]}))

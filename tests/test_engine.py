@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from engine_models.fixtures import TARGETS, engine_dir, residual_exports, saturating_exports, zoo_exports  # noqa: F401
-from engine_models.zoo import one_thread
-from harness.emulator import MATCH, MISMATCH, check
-from harness.engine import Engine, EngineError, lut16_index, unpack_filter
-from harness.espdl import EspdlModel, Node, Tensor, TensorInfo, load_espdl
-from harness.frames import generate_frames
-from harness.lint import Finding, lint_model
+from harness.ppq.reference import one_thread
+from harness.emulator.check import MATCH, MISMATCH, check
+from harness.emulator.engine import Engine, EngineError, lut16_index, unpack_filter
+from harness.espdl.reader import EspdlModel, Node, Tensor, TensorInfo, load_espdl
+from harness.model.frames import generate_frames
+from harness.espdl.lint import Finding, lint_model
 from harness.targets import Shifter, Target, get_target
 
 EVERY_OP = {
@@ -159,7 +159,7 @@ def _packed(weight: np.ndarray, target: str, bits: int, group: int):
     from esp_ppq.api import get_target_platform
     from esp_ppq.parser.espdl.export_patterns import ResetParamLayoutPattern
 
-    from harness.ppq_env import import_ppq
+    from harness.ppq.env import import_ppq
 
     import_ppq()
     platform = get_target_platform(target, bits)
@@ -345,7 +345,7 @@ def test_streaming_export_window_by_window_equals_offline_and_reset_restores(tin
 
 
 def test_engine_chain_equals_esp_ppq_reference(tiny):
-    from harness.reference import offline_reference
+    from harness.ppq.reference import offline_reference
 
     with one_thread():
         qm = tiny("tiny_auto", "esp32s3")

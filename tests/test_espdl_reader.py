@@ -1,4 +1,4 @@
-"""Tests for harness.espdl against real esp-ppq exports, esp-dl's packer and broken files.
+"""Tests for harness.espdl.reader against real esp-ppq exports, esp-dl's packer and broken files.
 
 Three exports of one tiny TCN-like model (esp32p4 int8, esp32s3 int8, esp32p4
 int16) are read back and compared with the quantized PPQ graph esp-ppq returns
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import EspdlFormatError
-from harness.espdl import EspdlModel, Tensor, describe, load_espdl, load_pack, pack_models
+from harness.espdl.reader import EspdlModel, Tensor, describe, load_espdl, load_pack, pack_models
 
 REPO = Path(__file__).resolve().parents[1]
 # A git checkout of espressif/esp-dl (ESP_DL_REPO=/path/to/esp-dl): enables the tests that compare

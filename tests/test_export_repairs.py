@@ -12,8 +12,8 @@ from __future__ import annotations
 from engine_models.fixtures import TARGETS, engine_dir, residual_exports  # noqa: F401
 from engine_models.zoo import RESIDUAL, export
 
-from harness.emulator import check
-from harness.espdl import load_espdl
+from harness.emulator.check import check
+from harness.espdl.reader import load_espdl
 
 
 def test_a_residual_graph_input_is_requantized_for_its_add(residual_exports, engine_dir):

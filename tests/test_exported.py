@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import harness.quantize
+import harness.ppq.quantize
 from harness.errors import ConfigError, QuantizationError
-from harness.spec import load_spec
+from harness.model.spec import load_spec
 from harness.targets import get_target
 from tests.conftest import ROOT, run_pytest
 
@@ -84,10 +84,10 @@ def test_a_file_without_test_values_streams_on_generated_frames_and_says_fidelit
 def test_a_file_esp_ppq_wired_wrong_is_refused_with_the_cause(quantizer, tmp_path, monkeypatch):
     """ESP-PPQ 1.3.12's shared cache (the residual Add reads W + context frames), exported with the harness's
     repair switched off: as the user's file it must fail at load, naming the op, never run."""
-    monkeypatch.setattr(harness.quantize, "per_consumer_caches", lambda graph: graph)
+    monkeypatch.setattr(harness.ppq.quantize, "per_consumer_caches", lambda graph: graph)
     for check in ("check_streaming_structure", "check_frame_rate"):
-        monkeypatch.setattr(harness.quantize, check, lambda *args, **kwargs: None)
-    broken = harness.quantize.Quantizer(tmp_path / "cache")
+        monkeypatch.setattr(harness.ppq.quantize, check, lambda *args, **kwargs: None)
+    broken = harness.ppq.quantize.Quantizer(tmp_path / "cache")
     qm = broken.model(load_spec(ROOT / "models" / "tutorial_tcn.py"), get_target("esp32p4"))
     shutil.copy(qm.modules[0].offline_espdl, tmp_path / "model.espdl")
     shutil.copy(broken.streaming_exports(qm, 3)[0].path, tmp_path / "w3.espdl")

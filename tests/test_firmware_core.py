@@ -1,7 +1,7 @@
 """The firmware's portable C core (firmware/streaming_runner/components/runner_core), built for the host.
 
 The build itself is the warning check (``-std=c99 -Wall -Wextra -Werror -pedantic``); ``codec_check`` proves
-that the C codec and harness/protocol.py agree on every shared vector and on fuzzed frames, field for field and
+that the C codec and harness/device/protocol.py agree on every shared vector and on fuzzed frames, field for field and
 byte for byte; ``runner_host`` (the core behind a pty, with the deterministic HCM1 backend of
 firmware/host/README.md) must give exactly what a Python model of that backend computes, through caches,
 RESET, layouts, exponent hand-over with both targets' rounding and int16. The whole conformance suite runs
@@ -29,11 +29,11 @@ import pytest
 import serial
 from cobs import cobs
 
-from harness import protocol as p
-from harness.dut import DeviceError, DeviceLink
-from harness.scheduler import plan_schedule
+from harness.device import protocol as p
+from harness.device.dut import DeviceError, DeviceLink
+from harness.emulator.scheduler import plan_schedule
 from harness.targets import get_target, int_dtype, int_range
-from harness.virtual_board import VirtualBoard
+from harness.emulator.virtual_board import VirtualBoard
 from tests.test_protocol import to_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -775,7 +775,7 @@ def _fbs(name: str):
     """esp-ppq's generated FlatBuffers module for espdl.fbs table ``name`` (builder functions)."""
     import importlib
 
-    from harness.espdl import _flatc_package
+    from harness.espdl.reader import _flatc_package
 
     _flatc_package()
     return importlib.import_module(f"FlatBuffers.Dl.{name}")
@@ -912,9 +912,9 @@ def test_espdl_estimate_of_synthetic_models(host_build, name):
 
 
 def test_espdl_estimate_of_a_real_export(host_build, tiny, quantizer):
-    """An esp-ppq streaming export (with a StreamingCache): the C walk agrees with harness.espdl's reading, and
+    """An esp-ppq streaming export (with a StreamingCache): the C walk agrees with harness.espdl.reader's reading, and
     the need is at least the file plus every activation tensor (the brief of the check)."""
-    from harness.espdl import load_espdl
+    from harness.espdl.reader import load_espdl
 
     exports = quantizer.streaming_exports(tiny("tiny_auto"), 3)
     answers = codec_check(host_build, [f"espdl {e.path.read_bytes().hex()}" for e in exports])

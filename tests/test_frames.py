@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.errors import ConfigError
-from harness.frames import frames_from_file, generate_frames, save_frames
+from harness.model.frames import frames_from_file, generate_frames, save_frames
 
 
 def test_generated_frames_are_deterministic_and_on_the_input_exponent(tiny):

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.compare import compare, streaming_verdict
+from harness.verdict.compare import compare, streaming_verdict
 from harness.errors import StreamingError
-from harness.frames import generate_frames
-from harness.reference import offline_reference
-from harness.streaming import HostStreamer, offline_on_host, stream_on_host
+from harness.model.frames import generate_frames
+from harness.ppq.reference import offline_reference
+from harness.ppq.streaming import HostStreamer, offline_on_host, stream_on_host
 from harness.tensors import QTensor
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.plugin import OPTIONS
+from harness.plugin.options import OPTIONS
 from tests.conftest import run_pytest
 
 

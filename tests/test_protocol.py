@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from harness import protocol as p
+from harness.device import protocol as p
 from harness.errors import HarnessError
-from harness.scheduler import plan_schedule
+from harness.emulator.scheduler import plan_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "protocol.md"

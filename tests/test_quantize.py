@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import QuantizationError
-from harness.espdl import load_espdl
-from harness.quantize import Quantizer, locked_exponents, var_exponent
-from harness.spec import load_spec
+from harness.espdl.reader import load_espdl
+from harness.ppq.quantize import Quantizer, locked_exponents, var_exponent
+from harness.model.spec import load_spec
 from harness.targets import get_target
 from tests.conftest import SPECS
 
@@ -52,10 +52,10 @@ def test_streaming_graph_is_locked_to_offline_exponents(tiny, target):
 
 
 def test_unlockable_tensor_is_reported_and_its_residual_becomes_the_tolerance(tiny):
-    from harness.compare import compare
-    from harness.frames import generate_frames
-    from harness.reference import offline_reference
-    from harness.streaming import stream_on_host
+    from harness.verdict.compare import compare
+    from harness.model.frames import generate_frames
+    from harness.ppq.reference import offline_reference
+    from harness.ppq.streaming import stream_on_host
 
     qm = tiny("unlockable")
     assert qm.modules[0].unlocked == ["/Mul_output_0", "/Tanh_output_0"]
@@ -126,9 +126,9 @@ def test_a_tensor_read_by_a_temporal_op_and_others_gets_one_cache_per_temporal_r
 
 
 def test_without_the_repair_the_exported_wiring_is_refused_in_one_line(tmp_path, monkeypatch):
-    import harness.quantize
+    import harness.ppq.quantize
 
-    monkeypatch.setattr(harness.quantize, "per_consumer_caches", lambda graph: None)  # ESP-PPQ's own wiring
+    monkeypatch.setattr(harness.ppq.quantize, "per_consumer_caches", lambda graph: None)  # ESP-PPQ's own wiring
     quantizer = Quantizer(tmp_path)
     qm = quantizer.model(load_spec(SPECS / "residual_input_auto.py"), get_target("esp32p4"))
     with pytest.raises(QuantizationError, match=r"Add '/Add' reads StreamingCache '\S+' \(the window plus 4 cached "

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import serial
 
-from harness import protocol as p
-from harness.dut import DeviceError, DeviceLink, run_sequences
-from harness.frames import Frames
-from harness.scheduler import plan_schedule
+from harness.device import protocol as p
+from harness.device.dut import DeviceError, DeviceLink, run_sequences
+from harness.model.frames import Frames
+from harness.emulator.scheduler import plan_schedule
 
 TARGET = "esp32p4"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -104,7 +104,7 @@ def load_into(link: DeviceLink, window: int, modules, schedule=p.Schedule.ROUND_
 
 @pytest.fixture(scope="module")
 def virtual_runner_parts(tmp_path_factory, tiny, quantizer):
-    from harness.virtual_board import VirtualBoard
+    from harness.emulator.virtual_board import VirtualBoard
 
     qm = tiny("tiny_auto", TARGET)
     board = VirtualBoard(TARGET, tmp_path_factory.mktemp("vb") / "board.log").start()
@@ -140,7 +140,7 @@ def virtual_heads(directory: Path) -> Heads:
     from torch import nn
 
     from engine_models.zoo import Spec, export
-    from harness.espdl import load_espdl
+    from harness.espdl.reader import load_espdl
 
     w, f, c, wide = HEAD_WINDOW, HEAD_FRAMES, CHANNELS, HEAD_CHANNELS
 
@@ -204,7 +204,7 @@ def virtual_heads(directory: Path) -> Heads:
 @pytest.fixture(scope="module")
 def host_runner_parts(tmp_path_factory):
     """The firmware's portable core built for the host (firmware/host), with its deterministic HCM1 backend."""
-    from harness.virtual_board import VirtualBoard
+    from harness.emulator.virtual_board import VirtualBoard
     from tests.test_firmware_core import CHANNELS, hcm1_pipeline, host_build_dir
 
     runner_host = host_build_dir(tmp_path_factory) / "runner_host"
@@ -261,7 +261,7 @@ def runner(request):
 
 
 def per_frame_exports(window: int, modules: int) -> list:
-    """What harness.dut.run_sequences needs to know of ``modules`` modules whose outputs have a frame per input
+    """What harness.device.dut.run_sequences needs to know of ``modules`` modules whose outputs have a frame per input
     frame: W rows of Output.array() per window, no per-window output."""
     from types import SimpleNamespace
 
@@ -432,7 +432,7 @@ WIDE_PAYLOAD = 65535  # a twin device whose every window fits one OUTPUT: what t
 @contextmanager
 def twin_device(runner: Runner, tmp_path, max_payload: int = WIDE_PAYLOAD):
     """The same kind of device as ``runner``, in its own process, announcing ``max_payload``: a DeviceLink."""
-    from harness.virtual_board import VirtualBoard
+    from harness.emulator.virtual_board import VirtualBoard
 
     board = VirtualBoard(TARGET, tmp_path / f"twin-{max_payload}.log", command=runner.command,
                          max_payload=max_payload).start()

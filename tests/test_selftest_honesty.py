@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import harness.engine as engine_module
+import harness.emulator.engine as engine_module
 from engine_models.fixtures import engine_dir, residual_exports  # noqa: F401
-from harness.emulator import check
-from harness.espdl import load_espdl
+from harness.emulator.check import check
+from harness.espdl.reader import load_espdl
 
 
 def _wrong_and_saturated(monkeypatch, victim: str):

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from harness.errors import ConfigError
-from harness.spec import builtin_spec_paths, load_spec, load_specs
+from harness.model.spec import builtin_spec_paths, load_spec, load_specs
 
 GOOD = """
 from models.tcn import build_tcn

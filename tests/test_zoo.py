@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.compare import fidelity_verdict, streaming_verdict
-from harness.dut import stream_pipeline
-from harness.emulator import check
-from harness.fidelity import fidelity_bound
-from harness.frames import generate_frames
-from harness.plugin import open_virtual_board
-from harness.reference import offline_reference
-from harness.spec import load_spec
-from harness.streaming import offline_on_host, stream_on_host
+from harness.verdict.compare import fidelity_verdict, streaming_verdict
+from harness.device.dut import stream_pipeline
+from harness.emulator.check import check
+from harness.ppq.fidelity import fidelity_bound
+from harness.model.frames import generate_frames
+from harness.plugin.boards import open_virtual_board
+from harness.ppq.reference import offline_reference
+from harness.model.spec import load_spec
+from harness.ppq.streaming import offline_on_host, stream_on_host
 from harness.targets import get_target
 
 ZOO = sorted(p for p in (Path(__file__).parent / "zoo").glob("*.py") if p.name != "blocks.py")

@@ -50,7 +50,7 @@ def residual_exports(engine_dir) -> tuple[int, dict[str, Path]]:
     and that seed's export for both targets."""
 
     def build():
-        from harness.espdl import load_espdl
+        from harness.espdl.reader import load_espdl
 
         for seed in range(8):
             path = export(RESIDUAL, seed, "esp32p4", 8, engine_dir)

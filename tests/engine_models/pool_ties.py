@@ -57,9 +57,9 @@ def export_pool_ties(target: str, rounding: str, directory: Path) -> PoolTies:
     import esp_ppq.lib as PFL
     from esp_ppq.api import espdl_quantize_torch, generate_test_value, get_target_platform
 
-    from engine_models.zoo import one_thread
-    from harness.espdl import load_espdl
-    from harness.ppq_env import ppq_call
+    from harness.ppq.reference import one_thread
+    from harness.espdl.reader import load_espdl
+    from harness.ppq.env import ppq_call
 
     class Means(nn.Module):
         def forward(self, x):

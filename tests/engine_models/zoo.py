@@ -1,7 +1,7 @@
 """Small torch models that together exercise every op the engine emulates, and their ESP-PPQ exports.
 
 Exports carry embedded test values for every activation of the quantized graph
-(intermediates included), so ``harness.emulator.check`` compares the engine with
+(intermediates included), so ``harness.emulator.check.check`` compares the engine with
 ESP-PPQ tensor by tensor. Built once per session and shared by the engine and
 CLI tests (``exports`` memoizes per output directory).
 """
@@ -124,21 +124,12 @@ def export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut: 
     """Quantize with ESP-PPQ, then export with test values for every activation of the quantized graph.
 
     ``lut=False`` turns ESP-PPQ's int16 LUT fusion off (int16 activations then run ESP-DL's float code);
-    ``repaired=True`` exports with the harness's repairs (``harness.ppq_env.repaired_exports``).
+    ``repaired=True`` exports with the harness's repairs (``harness.ppq.env.repaired_exports``).
     """
+    from harness.ppq.reference import one_thread
+
     with one_thread():
         return _export(spec, seed, target, bits, directory, lut, suffix, repaired)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Quantize tiny graphs on one torch thread: as fast, and immune to a busy machine's OpenMP contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut: bool, suffix: str,
@@ -147,7 +138,7 @@ def _export(spec: Spec, seed: int, target: str, bits: int, directory: Path, lut:
     from esp_ppq.api import espdl_quantize_torch, generate_test_value, get_target_platform
     from esp_ppq.api.setting import QuantizationSettingFactory
 
-    from harness.ppq_env import ppq_call, repaired_exports
+    from harness.ppq.env import ppq_call, repaired_exports
 
     model, x, calib = make_model(spec, seed)
     path = directory / f"{spec.name}{suffix}-{target}-int{bits}-s{seed}.espdl"

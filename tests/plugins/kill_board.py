@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from harness.plugin import SESSION
+from harness.plugin.state import SESSION
 
 
 @pytest.hookimpl(wrapper=True)

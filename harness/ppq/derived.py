@@ -23,34 +23,35 @@ from typing import Callable
 
 import numpy as np
 
-from harness.frames import Frames
-from harness.quantize import _exclusive, _file_sha256
+from harness.model.frames import Frames
+from harness.ppq.quantize import _exclusive, _file_sha256
+from harness.resources import code_digest
 from harness.tensors import QTensor
 
 # The harness code a derived result follows besides the quantized model (whose key covers quantize.py).
-SOURCES = ("derived.py", "reference.py", "streaming.py", "fidelity.py", "lint.py", "espdl.py", "ppq_env.py",
-           "targets.py", "export_repairs.py")
+SOURCES = ("harness.ppq.derived", "harness.ppq.reference", "harness.ppq.streaming", "harness.ppq.fidelity",
+           "harness.espdl.lint", "harness.espdl.reader", "harness.ppq.env", "harness.targets", "harness.ppq.export_repairs")
 
 
 def cached_reference(qm, frames: Frames) -> list[QTensor]:
-    """``harness.reference.offline_reference(qm, frames)``, from disk when computed before."""
-    from harness.reference import offline_reference
+    """``harness.ppq.reference.offline_reference(qm, frames)``, from disk when computed before."""
+    from harness.ppq.reference import offline_reference
 
     return _outputs(qm, "reference", frames, lambda: offline_reference(qm, frames))
 
 
 def cached_host_reference(qm, frames: Frames) -> list[QTensor]:
-    """``harness.streaming.offline_on_host(qm, frames)``, from disk when computed before (int8: the same
+    """``harness.ppq.streaming.offline_on_host(qm, frames)``, from disk when computed before (int8: the same
     simulation as ``cached_reference``, so the same entry)."""
-    from harness.streaming import offline_on_host
+    from harness.ppq.streaming import offline_on_host
 
     what = "reference" if qm.bits == 8 else "reference-float64"
     return _outputs(qm, what, frames, lambda: offline_on_host(qm, frames))
 
 
 def cached_fidelity_bound(qm, frames: Frames):
-    """``harness.fidelity.fidelity_bound(qm, frames)``, from disk when computed before."""
-    from harness.fidelity import FidelityBound, fidelity_bound
+    """``harness.ppq.fidelity.fidelity_bound(qm, frames)``, from disk when computed before."""
+    from harness.ppq.fidelity import FidelityBound, fidelity_bound
 
     def save(bound, out: Path) -> None:
         (out / "bound.json").write_text(json.dumps({"per_module": list(bound.per_module), "reason": bound.reason}))
@@ -66,13 +67,13 @@ def cached_fidelity_bound(qm, frames: Frames):
 
 
 def cached_lint(path: Path, target) -> tuple[str, ...]:
-    """``harness.lint.lint_model`` findings for the ``.espdl`` at ``path`` on ``target``, kept next to the file.
+    """``harness.espdl.lint.lint_model`` findings for the ``.espdl`` at ``path`` on ``target``, kept next to the file.
 
     Keyed by the file's sha256, the target and the harness code, so they still follow the current rules;
     a record that does not match its own checksum is linted again.
     """
-    from harness.espdl import load_espdl
-    from harness.lint import lint_model
+    from harness.espdl.reader import load_espdl
+    from harness.espdl.lint import lint_model
 
     h = hashlib.sha256()
     for part in (_file_sha256(path), getattr(target, "name", str(target)), _code_digest()):
@@ -154,10 +155,7 @@ def derived_key(qm, what: str, frames: Frames) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _code_digest() -> str:
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()
+    return code_digest(*SOURCES)
 
 
 def _read(directory: Path, key: str, load: Callable):

@@ -138,7 +138,7 @@ def _last_frames(op) -> int | None:
 def check_causal(graph, what: str) -> None:
     """Every temporal op of an auto-streaming graph pads time on the left only, by its context."""
     from harness.errors import StreamingError
-    from harness.lint import receptive_window
+    from harness.espdl.lint import receptive_window
 
     for op in graph.operations.values():
         if op.type not in TEMPORAL_OPS:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import ConfigError, EspdlFormatError
-from harness.espdl import EspdlModel, load_espdl
-from harness.frames import Frames
+from harness.espdl.reader import EspdlModel, load_espdl
+from harness.model.frames import Frames
 from harness.targets import TARGETS
 from harness.tensors import QTensor
 
@@ -130,7 +130,7 @@ def _output_layout(model: EspdlModel, frames: int, axis: int) -> str:
 
 def load_exported_spec(module, path: Path, name: str, config: dict):
     """A ``STREAMING = "exported"`` spec: every file read and checked, the model's shape taken from them."""
-    from harness.spec import ModelSpec
+    from harness.model.spec import ModelSpec
 
     exports = getattr(module, "EXPORTS", None)
     if not isinstance(exports, dict) or not exports:
@@ -171,8 +171,8 @@ def load_exported_spec(module, path: Path, name: str, config: dict):
 
 def exported_model(spec, target, cache_dir: Path):
     """The ``QuantizedModel`` view of a target's files: one module, no ESP-PPQ graph."""
-    from harness.lint import lint_model
-    from harness.quantize import ModuleArtifacts, OutputForm, QuantizedModel
+    from harness.espdl.lint import lint_model
+    from harness.ppq.quantize import ModuleArtifacts, OutputForm, QuantizedModel
 
     files = spec.exports[target.name]
     o = files.offline
@@ -192,8 +192,8 @@ def exported_model(spec, target, cache_dir: Path):
 
 def export_of(qm, file: ExportedFile, window: int):
     """A file as the ``StreamingExport`` the runners take, linted like the harness's own exports."""
-    from harness.lint import check_frame_rate, check_streaming_structure, lint_model
-    from harness.quantize import StreamingExport
+    from harness.espdl.lint import check_frame_rate, check_streaming_structure, lint_model
+    from harness.ppq.quantize import StreamingExport
 
     m = qm.modules[0]
     if file.frames != qm.spec.sequence_length:  # a streaming file: its wiring must be one the chip runs

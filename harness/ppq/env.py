@@ -97,11 +97,11 @@ def precise_copy(graph):
 
 @contextlib.contextmanager
 def repaired_exports() -> Iterator[None]:
-    """ESP-PPQ's exporter with ``harness.export_repairs.RequantGraphInputs`` in place of its requantize pattern.
+    """ESP-PPQ's exporter with ``harness.ppq.export_repairs.RequantGraphInputs`` in place of its requantize pattern.
 
     Also for exporters created inside the block (the tests' model zoo makes its own).
     """
-    from harness.export_repairs import requant_graph_inputs_pattern
+    from harness.ppq.export_repairs import requant_graph_inputs_pattern
 
     with compat.exporter_requant_pattern(requant_graph_inputs_pattern()):
         yield

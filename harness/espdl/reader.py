@@ -64,7 +64,7 @@ _TENSOR_TYPE = 1  # TypeInfoValue.tensor_type
 _FIX_REEXPORT = (
     "re-export the model with esp-ppq (espdl_quantize_*) or re-pack it; the file is corrupted or not an .espdl model"
 )
-_FIX_PACK = "re-pack the models with harness.espdl.pack_models or esp-dl's pack_espdl_models.py"
+_FIX_PACK = "re-pack the models with harness.espdl.reader.pack_models or esp-dl's pack_espdl_models.py"
 
 
 @dataclass(frozen=True)

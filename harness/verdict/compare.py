@@ -160,7 +160,7 @@ def streaming_verdict(offline: list[QTensor], streamed: list[QTensor], window: i
                       reason: str = "", rows: list[int] | None = None) -> Verdict:
     """Streaming exactness: every module's streamed output equals the same device's offline one (``tolerance``).
 
-    ``rows``: the last module's output is per window, compared on these windows (``harness.per_window``).
+    ``rows``: the last module's output is per window, compared on these windows (``harness.verdict.per_window``).
     """
     n = len(offline)
     return Verdict("streaming", tuple(compare(o, s, window, tolerance, _rows_of(k, n, rows))

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.engine import Engine, EngineError
+from harness.emulator.engine import Engine, EngineError
 from harness.errors import HarnessError
-from harness.espdl import EspdlModel, load_espdl
-from harness.lint import DISAGREEMENT_KINDS, Finding, lint_model
+from harness.espdl.reader import EspdlModel, load_espdl
+from harness.espdl.lint import DISAGREEMENT_KINDS, Finding, lint_model
 from harness.targets import Target, get_target
 
 MATCH, MISMATCH, ABSENT, INPUT = "match", "MISMATCH", "absent", "input"

@@ -165,7 +165,7 @@ def board_unavailable(targets: list[str], port_option: str | None) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.firmware build --target esp32p4``: build (or reuse) the runner, print its directory."""
+    """``python -m harness.device.firmware build --target esp32p4``: build (or reuse) the runner, print its directory."""
     import argparse
     import sys
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.frames import Frames
+from harness.model.frames import Frames
 from harness.tensors import QTensor
 
 

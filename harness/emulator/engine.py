@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.espdl import EspdlModel, Node, TensorInfo
+from harness.espdl.reader import EspdlModel, Node, TensorInfo
 from harness.targets import Shifter, Target, get_target, int_range
 
 

@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import ConfigError, QuantizationError, StreamingError
-from harness.espdl import load_espdl
-from harness.lint import check_frame_rate, check_interface, check_streaming_structure
-from harness.ppq_env import DEVICE, import_ppq, layout_recording_exporter, ppq_call, repaired_exports
-from harness.spec import ModelSpec
-from harness.export_repairs import (
+from harness.espdl.reader import load_espdl
+from harness.espdl.lint import check_frame_rate, check_interface, check_streaming_structure
+from harness.ppq.env import DEVICE, import_ppq, layout_recording_exporter, ppq_call, repaired_exports
+from harness.model.spec import ModelSpec
+from harness.ppq.export_repairs import (
     bound_config, check_causal, fold_shared_pads, layout_transposes, per_consumer_caches, streaming_table_advice,
 )
+from harness.resources import code_digest
 from harness.targets import Target
 
 PASSIVE_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad"}
@@ -181,8 +182,7 @@ def var_exponent(graph, name: str) -> int:
 def harness_digest() -> str:
     """What, besides the model, decides the artifacts: this code and the tool versions."""
     h = hashlib.sha256()
-    for src in ("quantize.py", "ppq_env.py", "export_repairs.py", "compat.py"):
-        h.update((Path(__file__).parent / src).read_bytes())
+    h.update(code_digest("harness.ppq.quantize", "harness.ppq.env", "harness.ppq.export_repairs", "harness.compat").encode())
     for dist in _VERSIONED:
         h.update(f"{dist}={metadata.version(dist)}".encode())
     return h.hexdigest()
@@ -204,7 +204,7 @@ class Quantizer:
         memo = (spec.name, target.name)
         if memo not in self._models:
             if spec.exports is not None:  # the user's own files: nothing to quantize
-                from harness.exported import exported_model
+                from harness.model.exported import exported_model
 
                 self._models[memo] = exported_model(spec, target, self.cache_dir)
             else:
@@ -406,7 +406,7 @@ class Quantizer:
         if error:
             raise ConfigError(error, "pick window sizes that divide it (--window-sizes)")
         if qm.spec.exports is not None:
-            from harness.exported import streaming_export
+            from harness.model.exported import streaming_export
 
             return streaming_export(qm, window)
         table = qm.spec.table_for(window)
@@ -422,7 +422,7 @@ class Quantizer:
         offline result the streamed one must equal.
         """
         if qm.spec.exports is not None:
-            from harness.exported import offline_export
+            from harness.model.exported import offline_export
 
             return offline_export(qm, frames)
         return self._exports_of(qm, f"T{frames}", lambda m, out: self._export_module(qm, m, frames, False, out))
@@ -603,7 +603,7 @@ def _verified_exports(manifest: Path, target: Target) -> list[StreamingExport] |
 
 def _exported(path: Path, entry: dict, target: Target) -> StreamingExport:
     """A manifest entry with its file linted (the findings are kept on disk but follow the current rules)."""
-    from harness.derived import cached_lint
+    from harness.ppq.derived import cached_lint
 
     findings = cached_lint(path, target)
     return StreamingExport(**{**entry, "path": path, "lint": findings})
@@ -830,7 +830,7 @@ def _load_graph(path: Path):
 
 
 def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> QuantizedModel:
-    from harness.derived import cached_lint
+    from harness.ppq.derived import cached_lint
 
     manifest = json.loads((directory / "manifest.json").read_text())
     modules = []
@@ -862,8 +862,8 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
 
 def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
     """Some streaming tensors could not be locked: measure the residual they cause, make it the tolerance."""
-    from harness.frames import generate_frames
-    from harness.streaming import offline_on_host, stream_on_host
+    from harness.model.frames import generate_frames
+    from harness.ppq.streaming import offline_on_host, stream_on_host
 
     qm = _load(spec, target, "", directory)
     frames = generate_frames(qm, seed=spec.seed + 1000, sequences=spec.calibration_sequences)

@@ -2,14 +2,14 @@
 
 It owns the device side of a pseudo-terminal, speaks ``docs/protocol.md``
 exactly as the firmware does, and executes the uploaded ``.espdl`` bytes with
-the integer engine (``harness.engine``: ESP-DL's arithmetic for the selected
-target) under the runner's scheduler (``harness.scheduler``). The host opens
+the integer engine (``harness.emulator.engine``: ESP-DL's arithmetic for the selected
+target) under the runner's scheduler (``harness.emulator.scheduler``). The host opens
 the pty path like any serial port. A reset ("EN pin") comes over the control
 channel (the process's stdin): it drops everything a reset clears on a chip —
 models, configuration, state — and sends the BOOT banner, after the host has
 opened the port (pyserial flushes input on open).
 
-Run standalone: ``python -m harness.virtual_board --target esp32p4`` prints
+Run standalone: ``python -m harness.emulator.virtual_board --target esp32p4`` prints
 ``PTY /dev/pts/N`` and serves until stdin closes. Control lines on stdin:
 ``reset`` (EN pin), ``flash <build id>`` (what flashing a build does: the
 board then reports that build ID, and reboots), ``quit``; the first two are
@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import protocol as p
-from harness.scheduler import BacklogFull, Scheduler, Task
+from harness.device import protocol as p
+from harness.emulator.scheduler import BacklogFull, Scheduler, Task
+from harness.resources import PACKAGE, code_digest
 from harness.targets import Target, get_target, int_dtype
 
 MAX_SLOTS = 16
@@ -53,9 +54,8 @@ ESP_DL_SEMANTICS = "esp-dl 3.3.9 integer semantics (emulated)"
 
 def build_id() -> str:
     """Identifies the emulator build: a digest of the code that decides what it computes."""
-    h = hashlib.sha256()
-    for name in ("engine.py", "scheduler.py", "virtual_board.py", "protocol.py", "targets.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
+    h = hashlib.sha256(code_digest("harness.emulator.engine", "harness.emulator.scheduler", "harness.emulator.virtual_board",
+                                   "harness.device.protocol", "harness.targets").encode())
     return "virtual-" + h.hexdigest()[:16]
 
 
@@ -66,8 +66,8 @@ def _loaded(data: bytes, name: str, target: str):
     Kept by content: every case uploads the same files again after its reset, and parsing them again in
     Python would only slow the emulator down (nothing changes a parsed model).
     """
-    from harness.engine import Engine
-    from harness.espdl import load_espdl
+    from harness.emulator.engine import Engine
+    from harness.espdl.reader import load_espdl
 
     model = load_espdl(data, name=name)
     Engine(model, target)
@@ -263,7 +263,7 @@ class Board:
         return b""
 
     def _configure(self, m: p.Configure):
-        from harness.engine import Engine
+        from harness.emulator.engine import Engine
 
         self._unconfigure()  # a failed CONFIGURE leaves the device unconfigured
         if m.flags & ~p.CONFIGURE_FLAG_ALL_OUTPUTS:
@@ -616,7 +616,7 @@ class VirtualBoard:
 
     def start(self, timeout: float = 30.0) -> "VirtualBoard":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = list(self.command or [sys.executable, "-m", "harness.virtual_board", "--target", self.target])
+        command = list(self.command or [sys.executable, "-m", "harness.emulator.virtual_board", "--target", self.target])
         if self.baud:
             command += ["--baud", str(self.baud)]
         if self.max_payload:
@@ -625,7 +625,7 @@ class VirtualBoard:
         self._log_start = self._log.tell()  # this process's part of the log
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=PACKAGE.parent,  # where `harness` is importable from
         )
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline().decode().strip() if ready else ""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import QuantizationError
-from harness.espdl import EspdlModel
+from harness.espdl.reader import EspdlModel
 
 TEMPORAL_OPS = {"Conv", "AveragePool", "MaxPool"}
 
@@ -58,7 +58,7 @@ def op_window(node) -> int:
 
 
 _REPAIR = ("the harness gives each temporal consumer its own StreamingCache; if you export yourself, pass "
-           "streaming_custom_passes=[harness.export_repairs.per_consumer_caches] or give the consumer a "
+           "streaming_custom_passes=[harness.ppq.export_repairs.per_consumer_caches] or give the consumer a "
            "streaming_table entry of its own")
 
 
@@ -161,10 +161,10 @@ def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout
                      channels: int | None = None) -> None:
     """Run the file on zeros with ESP-DL's shape rules: ``output`` of one window has the frames it should.
 
-    One frame per input frame, or, for a per-window output (``form``, ``harness.quantize.OutputForm``), the
+    One frame per input frame, or, for a per-window output (``form``, ``harness.ppq.quantize.OutputForm``), the
     offline model's output shape (``channels`` elements when it is FLAT).
     """
-    from harness.engine import Engine, EngineError
+    from harness.emulator.engine import Engine, EngineError
 
     try:
         engine = Engine(model, target)
@@ -268,7 +268,7 @@ def _raw_copy_findings(model: EspdlModel, node) -> list[Finding]:
 
 
 def _dense_findings(model: EspdlModel, node, target) -> list[Finding]:
-    from harness.engine import unpack_filter
+    from harness.emulator.engine import unpack_filter
 
     findings = []
     acts = [n for n in node.inputs if n and n not in model.initializers]

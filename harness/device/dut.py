@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness import protocol as p
-from harness.frames import Frames
+from harness.device import protocol as p
+from harness.model.frames import Frames
 from harness.tensors import QTensor
 
 REPLY_TIMEOUT = 10.0  # boot banner and replies to requests

@@ -12,7 +12,7 @@ files an earlier run may have left.
 "exports", "summary", "other_tests", "cases": [...]}``; each case has its
 node id, target, model, window, ``outcome`` (pytest's word), ``verdict``,
 ``message`` and, where the case measured them, the numbers its verdicts came
-from (streaming exactness and arithmetic fidelity, see ``harness.compare``).
+from (streaming exactness and arithmetic fidelity, see ``harness.verdict.compare``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from harness.frames import Frames
-from harness.ppq_env import DEVICE, import_ppq
+from harness.model.frames import Frames
+from harness.ppq.env import DEVICE, import_ppq
 from harness.tensors import QTensor
 
 
@@ -84,7 +84,7 @@ def batchable(graph, shapes: dict[str, tuple[int, ...]]) -> bool:
         return _BATCHABLE[graph]
     import torch
 
-    from harness.quantize import computed_tensors
+    from harness.ppq.quantize import computed_tensors
 
     import_ppq()
     from esp_ppq.executor import TorchExecutor
@@ -112,7 +112,7 @@ def batchable(graph, shapes: dict[str, tuple[int, ...]]) -> bool:
 
 def _input_scale(graph, name: str) -> float:
     """The scale a graph input is read at (1.0 when no quantized op reads it)."""
-    from harness.quantize import var_config
+    from harness.ppq.quantize import var_config
 
     try:
         return float(var_config(graph, name).scale.flatten()[0])

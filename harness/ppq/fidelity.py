@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.frames import Frames
-from harness.ppq_env import DEVICE, import_ppq
-from harness.reference import one_thread, to_chip_output, to_graph_input
+from harness.model.frames import Frames
+from harness.ppq.env import DEVICE, import_ppq
+from harness.ppq.reference import one_thread, to_chip_output, to_graph_input
 
 # Operators that move integers without computing (the chip copies them exactly).
 EXACT_OPS = {"Concat", "Slice", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad",
@@ -76,8 +76,8 @@ def one_lsb_ops(qm, m) -> dict[str, str]:
     A finding about an op the exporter added (e.g. a RequantizeLinear) stands for the graph's ops it feeds.
     Returns op name -> the finding's kind.
     """
-    from harness.espdl import load_espdl
-    from harness.lint import ONE_LSB_KINDS, lint_model
+    from harness.espdl.reader import load_espdl
+    from harness.espdl.lint import ONE_LSB_KINDS, lint_model
 
     model = load_espdl(m.offline_espdl)
     readers: dict[str, list] = {}

@@ -18,7 +18,7 @@ ESP-PPQ's float32 sums of int16 products are inexact and depend on how many
 frames a conv sees at once, which is arithmetic, not streaming.
 
 All sequences of a case step together, one batch row each with its own
-state, when the graphs keep batch rows apart (``harness.reference.batchable``);
+state, when the graphs keep batch rows apart (``harness.ppq.reference.batchable``);
 otherwise one sequence at a time. Both give the same integers.
 """
 
@@ -29,11 +29,11 @@ import weakref
 import numpy as np
 
 from harness.errors import StreamingError
-from harness.espdl import load_espdl
-from harness.frames import Frames
-from harness.lint import TEMPORAL_OPS
-from harness.ppq_env import DEVICE, import_ppq, precise_copy
-from harness.reference import batchable, offline_reference, one_thread, to_chip_outputs, to_graph_input
+from harness.espdl.reader import load_espdl
+from harness.model.frames import Frames
+from harness.espdl.lint import TEMPORAL_OPS
+from harness.ppq.env import DEVICE, import_ppq, precise_copy
+from harness.ppq.reference import batchable, offline_reference, one_thread, to_chip_outputs, to_graph_input
 from harness.tensors import QTensor
 
 TIME_AXIS = 2  # ESP-PPQ graphs are NCW

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.protocol import DEFAULT_QUEUE_DEPTH, Schedule
+from harness.device.protocol import DEFAULT_QUEUE_DEPTH, Schedule
 
 ROUND_ROBIN, SEQUENTIAL = Schedule.ROUND_ROBIN, Schedule.SEQUENTIAL
 

@@ -24,7 +24,7 @@ Already-exported models (an existing export pipeline, ESP-DL's tutorial files) n
     EXPORTS = {"esp32p4": {"offline": "model.espdl", "streaming": {3: "streaming_model.espdl"}}, ...}
 
 Paths are relative to the spec. ``channels``, ``sequence_length`` and ``bits`` come from the offline
-file; the window sizes are those of the streaming files (``harness.exported``).
+file; the window sizes are those of the streaming files (``harness.model.exported``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class ModelSpec:
     path: Path
     build_submodels: Callable[[dict], list] | None = field(repr=False)
     streaming_table: Callable | None = field(default=None, repr=False)
-    exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.exported.ExportedFiles per target
+    exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.model.exported.ExportedFiles per target
 
     def __getattr__(self, key: str) -> Any:
         if key in HARNESS_KEYS:
@@ -165,7 +165,7 @@ def load_spec(path: str | Path) -> ModelSpec:
     if streaming not in STREAMING_MODES:
         raise _fail(path, f"STREAMING is {streaming!r}", f"set STREAMING to one of {', '.join(STREAMING_MODES)}")
     if streaming == "exported":
-        from harness.exported import load_exported_spec
+        from harness.model.exported import load_exported_spec
 
         return load_exported_spec(module, path, name, {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})})
     build = getattr(module, "build_submodels", None)
