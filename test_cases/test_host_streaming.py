@@ -9,9 +9,8 @@ simulator run on whole sequences: streaming exactness, without a device.
 import pytest
 
 from harness.verdict.compare import streaming_verdict
-from harness.ppq.derived import cached_host_reference
+from harness.ppq.derived import cached_host_reference, cached_host_stream
 from harness.verdict.per_window import expected_outputs, judged_outputs, prefix, verdict_rows
-from harness.ppq.streaming import stream_on_host
 
 
 def test_host_streaming_matches_offline(hil_case, quantized_model, streaming_exports, frames, record_case):
@@ -20,7 +19,7 @@ def test_host_streaming_matches_offline(hil_case, quantized_model, streaming_exp
     w, t = hil_case.window, frames.sequence_length
     offline = expected_outputs(quantized_model, w, t, cached_host_reference(quantized_model, frames),
                                lambda length: cached_host_reference(quantized_model, prefix(frames, length)))
-    streamed = judged_outputs(quantized_model, w, t, stream_on_host(quantized_model, frames, w, streaming_exports))
+    streamed = judged_outputs(quantized_model, w, t, cached_host_stream(quantized_model, frames, w, streaming_exports))
     rows = verdict_rows(quantized_model, w, t)
     streaming = streaming_verdict(offline, streamed, w, quantized_model.tolerance_lsb,
                                   quantized_model.tolerance_reason, rows)

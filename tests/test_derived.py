@@ -12,7 +12,8 @@ import harness.ppq.fidelity
 import harness.espdl.lint
 import harness.ppq.reference
 import harness.ppq.streaming
-from harness.ppq.derived import cached_fidelity_bound, cached_host_reference, cached_lint, cached_reference, entry_directory
+from harness.ppq.derived import (cached_fidelity_bound, cached_host_reference, cached_host_stream, cached_lint,
+                                 cached_reference, entry_directory)
 from harness.model.frames import generate_frames
 
 
@@ -50,6 +51,21 @@ def test_a_reference_is_simulated_once_then_read(tiny, monkeypatch, name, cached
     cached(qm, other)
     assert len(calls) == 3
 
+
+
+def test_a_host_stream_is_stepped_once_per_wiring_then_read(tiny, quantizer, monkeypatch):
+    """Keyed by the exported files too: other files (another window, another wiring) are stepped again."""
+    qm = tiny("tiny_auto")
+    frames = generate_frames(qm, seed=505)
+    w3, w4 = quantizer.streaming_exports(qm, 3), quantizer.streaming_exports(qm, 4)
+    calls = _counted(monkeypatch, harness.ppq.streaming, "stream_on_host")
+    first = cached_host_stream(qm, frames, 3, w3)
+    assert _same(first, cached_host_stream(qm, frames, 3, w3)) and len(calls) == 1
+    assert _same(first, harness.ppq.streaming.stream_on_host(qm, frames, 3, w3))
+    cached_host_stream(qm, frames, 4, w4)
+    rewired = [dataclasses.replace(w3[0], sha256="0" * 64), *w3[1:]]  # same window, another file
+    cached_host_stream(qm, frames, 3, rewired)
+    assert len(calls) == 4  # the first, the direct call, W4 and the other file
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete the manifest", "garble the manifest"])
 def test_a_damaged_reference_is_simulated_again(tiny, monkeypatch, damage):

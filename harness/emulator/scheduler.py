@@ -53,7 +53,7 @@ class Scheduler:
                  frame_shape: tuple[int, ...] = (1,), dtype=np.int8):
         self.modules, self.window, self.schedule = modules, window, Schedule(schedule)
         self.queue_depth = queue_depth or DEFAULT_QUEUE_DEPTH
-        self._frame_shape, self._dtype = frame_shape, np.dtype(dtype)
+        self.frame_shape, self.dtype = frame_shape, np.dtype(dtype)
         self.reset()
 
     def reset(self) -> None:
@@ -61,7 +61,7 @@ class Scheduler:
         self.frames = 0  # frames received: FRAMES.first_frame must equal it
         self.step = 0  # steps taken: one per frame, plus one per task FLUSH runs
         self.stopped: str | None = None  # why the stream stopped (backlog), until reset
-        self._buffer = np.zeros((self.window, *self._frame_shape), dtype=self._dtype)  # oldest frame first
+        self._buffer = np.zeros((self.window, *self.frame_shape), dtype=self.dtype)  # oldest frame first
         self._ready: list[tuple[int, int, Task]] = []  # heap of runnable tasks by (window, module)
         self._next_step: list[Task] = []  # round-robin: tasks that become ready at the next step
         self._waiting: set[int] = set()  # windows whose last module has not run

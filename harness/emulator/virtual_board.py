@@ -339,7 +339,7 @@ class Board:
             raise BoardError(p.ErrorCode.BACKLOG_FULL, self.scheduler.stopped)
         if m.first_frame != self.scheduler.frames:
             raise BoardError(p.ErrorCode.FRAME_OUT_OF_ORDER, f"first_frame {m.first_frame}, expected {self.scheduler.frames}")
-        channels, dtype = self.scheduler._frame_shape[0], self.scheduler._dtype
+        channels, dtype = self.scheduler.frame_shape[0], self.scheduler.dtype
         if m.frame_bytes != channels * dtype.itemsize:
             raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"frames of {m.frame_bytes} bytes, the model takes {channels} x {dtype}")
         frames = np.frombuffer(m.data, dtype=dtype.newbyteorder("<")).reshape(m.count, channels)

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from harness.model.frames import Frames
-from harness.ppq.quantize import _exclusive, _file_sha256
+from harness.ppq.quantize import exclusive, file_sha256
 from harness.resources import code_digest
 from harness.tensors import QTensor
 
@@ -47,6 +47,17 @@ def cached_host_reference(qm, frames: Frames) -> list[QTensor]:
 
     what = "reference" if qm.bits == 8 else "reference-float64"
     return _outputs(qm, what, frames, lambda: offline_on_host(qm, frames))
+
+
+def cached_host_stream(qm, frames: Frames, window: int, exports: list) -> list[QTensor]:
+    """``harness.ppq.streaming.stream_on_host(qm, frames, window, exports)``, from disk when computed before.
+
+    Keyed also by the exported files' sha256: the host check steps the graphs as those files wire them.
+    """
+    from harness.ppq.streaming import stream_on_host
+
+    wiring = hashlib.sha256("".join(e.sha256 for e in exports).encode()).hexdigest()[:16]
+    return _outputs(qm, f"host-stream-W{window}-{wiring}", frames, lambda: stream_on_host(qm, frames, window, exports))
 
 
 def cached_fidelity_bound(qm, frames: Frames):
@@ -76,7 +87,7 @@ def cached_lint(path: Path, target) -> tuple[str, ...]:
     from harness.espdl.lint import lint_model
 
     h = hashlib.sha256()
-    for part in (_file_sha256(path), getattr(target, "name", str(target)), _code_digest()):
+    for part in (file_sha256(path), getattr(target, "name", str(target)), _code_digest()):
         h.update(part.encode() + b"\n")
     key = h.hexdigest()
     record = path.with_name(f"{path.name}.lint.json")
@@ -122,7 +133,7 @@ def stored(qm, what: str, frames: Frames, compute: Callable, save: Callable, loa
         return compute()
     key = derived_key(qm, what, frames)
     directory = entry_directory(qm, what, frames, key)
-    with _exclusive(directory):
+    with exclusive(directory):
         result = _read(directory, key, load)
         if result is not None:
             return result
@@ -131,7 +142,7 @@ def stored(qm, what: str, frames: Frames, compute: Callable, save: Callable, loa
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         save(result, staging)
-        files = {p.name: _file_sha256(p) for p in sorted(staging.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         (staging / "manifest.json").write_text(json.dumps({"what": what, "key": key, "files": files}, indent=2))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
@@ -165,7 +176,7 @@ def _read(directory: Path, key: str, load: Callable):
         files = manifest["files"]
         if manifest["key"] != key or not files:
             return None
-        if any(_file_sha256(directory / name) != digest for name, digest in files.items()):
+        if any(file_sha256(directory / name) != digest for name, digest in files.items()):
             return None
         return load(directory)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -226,7 +226,7 @@ class Quantizer:
             ).encode()
         ).hexdigest()
         directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
-        with _exclusive(directory):  # parallel workers (pytest-xdist) calibrate a model once, not once each
+        with exclusive(directory):  # parallel workers (pytest-xdist) calibrate a model once, not once each
             if not _intact(directory):  # missing, or damaged since it was written: calibrate again
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
@@ -290,7 +290,7 @@ class Quantizer:
             sequences, test_input = outputs, test_output
         manifest["tolerance_lsb"], manifest["tolerance_reason"] = spec.tolerance_lsb, spec.tolerance_reason
         out.mkdir(parents=True, exist_ok=True)
-        manifest["files"] = {p.name: _file_sha256(p) for p in sorted(out.glob("m*.*")) if p.suffix in _CACHED}
+        manifest["files"] = {p.name: file_sha256(p) for p in sorted(out.glob("m*.*")) if p.suffix in _CACHED}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if residual_graphs:
             _measure_residual(spec, target, out)
@@ -433,7 +433,7 @@ class Quantizer:
             return self._exports[memo]
         directory = qm.directory / kind
         manifest = directory / "manifest.json"
-        with _exclusive(directory):
+        with exclusive(directory):
             exports = _verified_exports(manifest, qm.target)
             if exports is None:  # missing, or damaged since it was written: build it again
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -512,7 +512,7 @@ class Quantizer:
             "module": m.index,
             "window": frames,
             "path": path.name,
-            "sha256": _file_sha256(path),
+            "sha256": file_sha256(path),
             "input": "input",
             "output": "output",
             "cache_input": "cache" if stateful else None,
@@ -574,7 +574,7 @@ def _output_form(sub, outputs, example) -> OutputForm:
     return OutputForm(per_window=True, shape=shape, span=span)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -585,7 +585,7 @@ def _intact(directory: Path) -> bool:
     """A quantized cache entry whose manifest exists and whose every file still has its recorded sha256."""
     try:
         files = json.loads((directory / "manifest.json").read_text())["files"]
-        return bool(files) and all(_file_sha256(directory / name) == digest for name, digest in files.items())
+        return bool(files) and all(file_sha256(directory / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -594,7 +594,7 @@ def _verified_exports(manifest: Path, target: Target) -> list[StreamingExport] |
     """The cached exports a manifest lists, or None when it or any file is missing or changed."""
     try:
         entries = json.loads(manifest.read_text())
-        if any(_file_sha256(manifest.parent / e["path"]) != e["sha256"] for e in entries):
+        if any(file_sha256(manifest.parent / e["path"]) != e["sha256"] for e in entries):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -803,7 +803,7 @@ def _retrace(graph, shapes: dict[str, list[int]]) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(directory: Path):
+def exclusive(directory: Path):
     """Hold ``<directory>.lock`` while the cache entry is checked and built (other processes wait)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.with_name(directory.name + ".lock"), "w") as lock:
