@@ -23,6 +23,19 @@ from harness.plugin.recording import CASE, PHASES, Recorder, comparison_fields, 
 from harness.plugin.state import SETTINGS, HilSession, session_of
 from harness.resources import shipped
 
+# Warnings of the libraries the harness drives, checked and harmless; registered by the plugin so a user's
+# repository gets them too (each names its message and module, nothing broader).
+WARNING_FILTERS = (
+    # ESP-PPQ's espdl_quantize_torch calls torch.onnx.export(dynamo=False): torch deprecates that exporter but
+    # still ships it in the pinned torch
+    "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning:esp_ppq.api.espdl_interface",
+    # the same exporter calling a deprecated helper of its own, inside torch
+    "ignore:The feature will be removed:DeprecationWarning:torch.onnx._internal.torchscript_exporter.utils",
+    # pytest-embedded's autouse fixtures call record_xml_attribute, which pytest labels experimental
+    "ignore:record_xml_attribute is an experimental feature:pytest.PytestExperimentalApiWarning",
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
@@ -31,6 +44,8 @@ BOARD_INDEX = pytest.StashKey[int]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for line in WARNING_FILTERS:
+        config.addinivalue_line("filterwarnings", line)
     if config.option.help or getattr(config.option, "version", False):
         return
     hidden = hidden_ini(config)

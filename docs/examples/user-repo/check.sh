@@ -18,7 +18,10 @@ pytest --help > help.txt
 for expected in "--hil-cache-dir=DIR" "Default: 1,3,6" "--hil-dut={auto,virtual,board}, --dut={auto,virtual,board}"; do
   grep -qF -- "$expected" help.txt || { echo "pytest --help lacks: $expected" >&2; exit 1; }
 done
-pytest --target esp32p4 --model-spec kws_tcn.py --artifacts-dir out
+pytest --target esp32p4 --model-spec kws_tcn.py --artifacts-dir out | tee run.txt
+if grep -E "DeprecationWarning|PytestExperimentalApiWarning" run.txt; then
+  echo "the plugin's warning filters did not reach a repository without an ini file" >&2; exit 1
+fi
 python3 - <<'PY'
 import json
 session = json.load(open("out/session.json"))

@@ -1,0 +1,1 @@
+"""The device under test from the host: the wire protocol, the host side of it, and real boards."""

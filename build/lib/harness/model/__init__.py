@@ -1,0 +1,1 @@
+"""What is tested: model specs (torch or exported files) and the frames streamed through them."""

@@ -1,0 +1,227 @@
+"""Model specs: how a user adds a streaming model without editing the harness.
+
+A spec is a Python file defining::
+
+    NAME = "my_model"              # id used in test ids and --models
+    STREAMING = "explicit"         # "explicit": sub-models carry caches in streaming_forward
+                                   # "auto": ESP-PPQ auto_streaming inserts StreamingCache ops
+    CONFIG = {"channels": 64, "sequence_length": 36, ...}
+    def build_submodels(config) -> list[torch.nn.Module]: ...
+
+Optional, for ``auto`` models: ``streaming_table(config)`` (or ``streaming_table(config, window)``)
+returns the entries ESP-PPQ's ``insert_streaming_cache_on_var`` builds, for tensors its
+auto-streaming cannot cache by itself (a slice of the last frames before a classifier); they go to
+every streaming export, and their value is part of the export's cache key.
+
+The harness reads the keys in ``HARNESS_KEYS`` from ``CONFIG`` (with the
+defaults below); every other key is the model's own and is only hashed into
+the artifact cache key.
+
+Already-exported models (an existing export pipeline, ESP-DL's tutorial files) need no torch code::
+
+    NAME = "my_export"
+    STREAMING = "exported"
+    EXPORTS = {"esp32p4": {"offline": "model.espdl", "streaming": {3: "streaming_model.espdl"}}, ...}
+
+Paths are relative to the spec. ``channels``, ``sequence_length`` and ``bits`` come from the offline
+file; the window sizes are those of the streaming files (``harness.model.exported``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import ConfigError
+from harness.resources import shipped
+
+STREAMING_MODES = ("explicit", "auto", "exported")
+
+HARNESS_KEYS: dict[str, Any] = {
+    "channels": None,  # input channels of the first sub-model (required)
+    "sequence_length": None,  # frames in one offline sequence (required)
+    "bits": 8,  # activation bits: 8 or 16
+    "seed": 0,  # weights, calibration data, frames and test values derive from it
+    "calibration_sequences": 8,  # random sequences used to calibrate each sub-model
+    "calibration_window": 3,  # explicit caches: window the streaming graph is traced with
+    "sequences": 2,  # frame sequences streamed per case
+    "tolerance_lsb": 0,  # allowed |streamed - offline| in LSB
+    "tolerance_reason": "",  # why a non-zero tolerance is right (shown in reports)
+}
+
+MODELS_DIR = shipped("models")
+
+
+@dataclass
+class ModelSpec:
+    """A loaded, validated model spec."""
+
+    name: str
+    streaming: str
+    config: dict[str, Any]
+    path: Path
+    build_submodels: Callable[[dict], list] | None = field(repr=False)
+    streaming_table: Callable | None = field(default=None, repr=False)
+    exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.model.exported.ExportedFiles per target
+
+    def __getattr__(self, key: str) -> Any:
+        if key in HARNESS_KEYS:
+            return self.config[key]
+        raise AttributeError(key)
+
+    def windows(self, target: str, requested: list[int]) -> list[int]:
+        """The window sizes this model streams on ``target``: the requested ones, or an export's own files."""
+        if self.exports is None:
+            return requested
+        return sorted(self.exports[target].streaming) if target in self.exports else []
+
+    def window_error(self, window: int) -> str | None:
+        """Why ``window`` cannot stream this model, or None."""
+        t = self.sequence_length
+        if self.exports is not None:
+            return None  # the window sizes are those of the exported files
+        if window < 1 or t % window:
+            divisors = ", ".join(str(d) for d in range(1, t + 1) if t % d == 0)
+            return (
+                f"window size {window} does not divide the sequence length {t} of model "
+                f"'{self.name}'; choose one of {divisors}"
+            )
+        return None
+
+    def table_for(self, window: int) -> list[dict]:
+        """The spec's streaming-table entries for ``window`` (``[]`` without a ``streaming_table``)."""
+        if self.streaming_table is None:
+            return []
+        fix = "return a list of insert_streaming_cache_on_var(var_name, window_size, op_name) results"
+        try:
+            takes_window = len(inspect.signature(self.streaming_table).parameters) > 1
+            entries = self.streaming_table(dict(self.config), window) if takes_window else self.streaming_table(dict(self.config))
+        except Exception as exc:  # a user function: one line, not a traceback
+            raise _fail(self.path, f"streaming_table() raised {type(exc).__name__}: {exc}", fix) from exc
+        entries = [entries] if isinstance(entries, dict) else entries
+        keys = {"window_size", "op_name", "frame_axis"}
+        if not isinstance(entries, (list, tuple)) or not all(
+            isinstance(e, dict) and all(isinstance(v, dict) and set(v) == keys for v in e.values()) for e in entries
+        ):
+            raise _fail(self.path, f"streaming_table() returned {entries!r:.120}", fix)
+        return [{name: dict(entry)} for e in entries for name, entry in e.items()]  # one entry per tensor
+
+    def source_digest(self, submodels: list) -> str:
+        """sha256 over the spec file and the source files of every module class it builds."""
+        files = {self.path}
+        if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
+            files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
+        for sub in submodels:
+            for module in sub.modules():
+                src = inspect.getsourcefile(type(module))
+                if src and "site-packages" not in src:
+                    files.add(Path(src).resolve())
+        h = hashlib.sha256()
+        for f in sorted(files):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True, default=str)
+
+
+def _fail(path: Path, cause: str, fix: str) -> ConfigError:
+    return ConfigError(f"model spec {path}: {cause}", fix)
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Import and validate one spec file."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise _fail(path, "file not found", "pass the path of a Python spec file to --model-spec")
+    module_name = f"_hil_spec_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # classes defined in the spec can then be inspected and pickled
+    search = [str(path.parent), str(MODELS_DIR.parent)]  # the spec's siblings, and `models.*`
+    sys.path[:0] = search
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user file: any error must become one clear line
+        sys.modules.pop(module_name, None)
+        raise _fail(
+            path, f"cannot be imported: {type(exc).__name__}: {exc}", "fix the file (see README, 'Adding a model')"
+        ) from exc
+    finally:
+        for entry in search:
+            sys.path.remove(entry)
+
+    name = getattr(module, "NAME", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise _fail(path, "NAME is missing or not an identifier", "define NAME = 'my_model'")
+    streaming = getattr(module, "STREAMING", None)
+    if streaming not in STREAMING_MODES:
+        raise _fail(path, f"STREAMING is {streaming!r}", f"set STREAMING to one of {', '.join(STREAMING_MODES)}")
+    if streaming == "exported":
+        from harness.model.exported import load_exported_spec
+
+        return load_exported_spec(module, path, name, {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})})
+    build = getattr(module, "build_submodels", None)
+    if not callable(build):
+        raise _fail(path, "build_submodels(config) is missing", "define it to return the list of sub-models")
+    user_config = getattr(module, "CONFIG", None)
+    if not isinstance(user_config, dict):
+        raise _fail(path, "CONFIG is missing or not a dict", "define CONFIG = {'channels': ..., 'sequence_length': ...}")
+    config = {**HARNESS_KEYS, **user_config}
+    for key in ("channels", "sequence_length"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
+    if config["bits"] not in (8, 16):
+        raise _fail(path, f"CONFIG['bits'] is {config['bits']!r}", "use 8 or 16")
+    for key in ("calibration_sequences", "calibration_window", "sequences"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
+    if config["tolerance_lsb"] and not config["tolerance_reason"]:
+        raise _fail(path, "a non-zero tolerance_lsb needs a tolerance_reason", "say why the residual is expected")
+    table = getattr(module, "streaming_table", None)
+    if table is not None and (not callable(table) or streaming != "auto"):
+        raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
+                    "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
+    loaded = ModelSpec(name, streaming, config, path, build, table)
+    if loaded.window_error(config["calibration_window"]) and streaming == "explicit":
+        raise _fail(path, loaded.window_error(config["calibration_window"]), "change CONFIG['calibration_window']")
+    return loaded
+
+
+def builtin_spec_paths() -> list[Path]:
+    """Spec files shipped in ``models/`` (those defining NAME)."""
+    return sorted(
+        p for p in MODELS_DIR.glob("*.py") if not p.name.startswith("_") and "\nNAME = " in p.read_text()
+    )
+
+
+def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = None) -> list[ModelSpec]:
+    """Built-in specs plus ``--model-spec`` files, filtered by ``--models``; names must be unique.
+
+    Without ``--models``: the ``--model-spec`` models when there are any (a user's repository runs its own
+    models), else every shipped one.
+    """
+    specs: dict[str, ModelSpec] = {}
+    for path in [*builtin_spec_paths(), *(Path(p) for p in extra_paths or [])]:
+        spec = load_spec(path)
+        if spec.name in specs and specs[spec.name].path != spec.path:
+            raise _fail(
+                spec.path, f"NAME '{spec.name}' is already used by {specs[spec.name].path}", "give the model a new NAME"
+            )
+        specs[spec.name] = spec
+    if only:
+        unknown = [n for n in only if n not in specs]
+        if unknown:
+            raise ConfigError(
+                f"unknown model(s) {', '.join(unknown)} in --models", f"choose from {', '.join(sorted(specs))}"
+            )
+        return [specs[n] for n in only]
+    own = [s for s in specs.values() if s.path in {Path(p).resolve() for p in extra_paths or []}]
+    return own or list(specs.values())

@@ -1,0 +1,1 @@
+"""The pytest plugin: options, the case matrix, one fixture per stage, and the sign-off report."""

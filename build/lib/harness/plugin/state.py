@@ -1,0 +1,139 @@
+"""What one run shares between cases: the quantizer, memoized stage results, devices and the report."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from harness.plugin.options import Settings
+
+
+SETTINGS = pytest.StashKey[Settings]()
+
+
+SESSION = pytest.StashKey["HilSession"]()
+
+
+@dataclass
+class HilSession:
+    """Session-wide state: the quantizer, memoized stage results and the report."""
+
+    settings: Settings
+    quantizer: object = None
+    report: object = None
+    _frames: dict = field(default_factory=dict)
+    _references: dict = field(default_factory=dict)
+    _boards: dict = field(default_factory=dict)
+    _firmware: dict = field(default_factory=dict)
+    _fidelity: dict = field(default_factory=dict)
+    _offline: dict = field(default_factory=dict)  # (target, model, device) -> outputs of the offline exports on it
+    warned: set = field(default_factory=set)  # lint findings already shown
+
+    def __post_init__(self) -> None:
+        from harness.ppq.quantize import Quantizer
+        from harness.plugin.report import SessionReport
+
+        self.quantizer = Quantizer(self.settings.cache_dir)
+        self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets], self.settings.dut_reason)
+
+    def frames(self, qm):
+        from harness.model.frames import FramesWarning, frames_from_file, generate_frames, save_frames
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._frames:
+            path = self.settings.frames_path
+            embedded = None
+            if qm.spec.exports is not None and not path:  # the user's files: their own test input first
+                from harness.model.exported import embedded_frames
+
+                embedded = embedded_frames(qm)
+            frames = frames_from_file(qm, path) if path else embedded or generate_frames(qm)
+            save_frames(frames, self.settings.artifacts_dir / f"{qm.target.name}-{qm.spec.name}")
+            self._frames[key] = frames
+            if frames.saturation_warning():
+                warnings.warn(FramesWarning(f"{qm.target.name} {qm.spec.name}: {frames.saturation_warning()}"))
+        return self._frames[key]
+
+    def frames_if_made(self, model: str, target: str):
+        """The frames of ``model`` on ``target`` if a case has made them (a report never makes them)."""
+        return self._frames.get((model, target))
+
+    def reference(self, qm, length: int | None = None):
+        """ESP-PPQ's simulation on the frames (only their first ``length`` frames when given)."""
+        from harness.verdict.per_window import prefix
+        from harness.ppq.derived import cached_reference
+
+        key = (qm.spec.name, qm.target.name, length)
+        if key not in self._references:
+            frames = self.frames(qm)
+            if qm.spec.exports is not None:  # no ESP-PPQ graph: the offline file's embedded test output, if any
+                from harness.model.exported import embedded_reference
+
+                self._references[key] = embedded_reference(qm, frames)
+            else:
+                self._references[key] = cached_reference(qm, prefix(frames, length) if length else frames)
+        return self._references[key]
+
+    def fidelity(self, qm):
+        """ESP-DL's bound on |device offline - ESP-PPQ| for ``qm`` on its frames (``harness.ppq.fidelity``)."""
+        from harness.ppq.derived import cached_fidelity_bound
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._fidelity:
+            if qm.spec.exports is not None:
+                from harness.ppq.fidelity import FidelityBound
+
+                self._fidelity[key] = FidelityBound((1 if qm.bits == 16 else 0,) * len(qm.modules), (
+                    "exported files: the offline file's embedded test output within ESP-DL's Model::test() "
+                    "tolerance (int8 exact, int16 ±1); without ESP-PPQ's graph no per-operator bound is measured"))
+            else:
+                self._fidelity[key] = cached_fidelity_bound(qm, self.frames(qm))
+        return self._fidelity[key]
+
+    def board(self, target: str):
+        """The virtual board serving ``target``: started on first use, and again after one died or was retired."""
+        from harness.emulator.virtual_board import VirtualBoard
+
+        board = self._boards.get(target)
+        if board is None or board.exit_reason() is not None:
+            if board is not None:
+                board.stop()
+            log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
+            self._boards[target] = VirtualBoard(target, log).start()
+        return self._boards[target]
+
+    def offline_on(self, device, case, run, length: int):
+        """The offline exports' outputs on ``device`` for ``case``'s model on ``length`` frames: ``run()`` once
+        per device, model and length."""
+        key = (case.target.name, case.spec.name, device.name, length)
+        if key not in self._offline:
+            self._offline[key] = run()
+        return self._offline[key]
+
+    def device_failed(self, name: str, virtual_target: str | None = None) -> None:
+        """A case failed on device ``name``: forget what it computed; a virtual board gets a fresh process."""
+        self._offline = {k: v for k, v in self._offline.items() if k[2] != name}
+        board = self._boards.pop(virtual_target, None) if virtual_target else None
+        if board is not None:
+            board.stop()
+
+    def firmware(self, target: str):
+        """The runner built for ``target`` (built at most once per session, and only if its sources changed)."""
+        from harness.device.firmware import ensure_built
+
+        if target not in self._firmware:
+            log = self.settings.artifacts_dir / "logs" / f"build-{target}.log"
+            self._firmware[target], _ = ensure_built(target, log)
+        return self._firmware[target]
+
+    def close(self) -> None:
+        for board in self._boards.values():
+            board.stop()
+
+
+def session_of(config: pytest.Config) -> HilSession:
+    if SESSION not in config.stash:
+        config.stash[SESSION] = HilSession(config.stash[SETTINGS])
+    return config.stash[SESSION]

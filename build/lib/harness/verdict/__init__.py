@@ -1,0 +1,1 @@
+"""The two verdicts: streaming exactness and arithmetic fidelity, per frame or per window."""
