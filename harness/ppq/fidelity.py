@@ -39,7 +39,7 @@ class FidelityBound:
 
 def _nudge_hook_class():
     import torch
-    from esp_ppq.executor.base import QuantOPRuntimeHook
+    from esp_ppq.executor import QuantOPRuntimeHook
 
     class NudgeHook(QuantOPRuntimeHook):
         """Moves every output value of one operator by one LSB (sign per trial), saturating."""

@@ -63,7 +63,7 @@ class _Cache:
 
 
 def _reader_hook_class():
-    from esp_ppq.executor.base import QuantOPRuntimeHook
+    from esp_ppq.executor import QuantOPRuntimeHook
 
     class CacheReaderHook(QuantOPRuntimeHook):
         """Feeds one op the output of the StreamingCache nodes it reads in the exported file."""
