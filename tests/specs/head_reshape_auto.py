@@ -4,7 +4,8 @@ the graph's Reshape takes ``[1, -1]`` and ESP-PPQ's simulator cannot run two seq
 from torch import nn
 
 from tests.specs.head_table_auto import CONFIG as TABLE_CONFIG
-from tests.specs.head_table_auto import Features, Head, streaming_table  # noqa: F401
+from tests.specs.head_table_auto import Features, Head
+from tests.specs.head_table_auto import streaming_table as table_entries
 
 NAME = "head_reshape_auto"
 STREAMING = "auto"
@@ -20,3 +21,7 @@ class ReshapedHead(Head):
 def build_submodels(config):
     w = config["width"]
     return [Features(config["channels"], w), ReshapedHead(w, config["classes"], config["head_frames"])]
+
+
+def streaming_table(config, window):
+    return table_entries(config, window)
