@@ -10,7 +10,10 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
 pip install -q torch==2.13.0      # the CPU build first: an unconstrained torch resolves to a multi-GB CUDA build
-pip install -q "$checkout"
+# install from a copy of the working tree (tracked and new files, not ignored ones): the build leaves the checkout alone
+mkdir "$work/src"
+git -C "$checkout" ls-files -z --cached --others --exclude-standard | (cd "$checkout" && xargs -0 tar -cf - --ignore-failed-read) | tar -xf - -C "$work/src"
+pip install -q "$work/src"
 
 mkdir "$work/kws" && cp "$here/kws_tcn.py" "$work/kws/"
 cd "$work/kws"

@@ -1,1 +1,0 @@
-"""The pytest plugin: options, the case matrix, one fixture per stage, and the sign-off report."""

@@ -1,1 +1,0 @@
-"""The two verdicts: streaming exactness and arithmetic fidelity, per frame or per window."""
