@@ -18,12 +18,6 @@ def shipped(name: str) -> Path:
     return installed if installed.is_dir() else PACKAGE.parent / name
 
 
-def checkout_root() -> Path | None:
-    """The repository root when running from a checkout (it has ``pyproject.toml`` beside ``harness/``), else None."""
-    root = PACKAGE.parent
-    return root if (root / "pyproject.toml").is_file() and (root / "test_cases").is_dir() else None
-
-
 def code_digest(*modules: str) -> str:
     """sha256 over the source files of ``modules`` (dotted names): what decides a cached or reported result."""
     import hashlib

@@ -53,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"pytest did not read {hidden} because an option value given after a space was taken for a test path "
             f"(pytest looks for its ini file before any plugin's options exist); write path options with '=' "
-            f"({', '.join(o + '=...' for o in PATH_OPTIONS[:4])})"
+            f"({', '.join(o + '=...' for o in PATH_OPTIONS)})"
         )
     try:
         config.stash[SETTINGS] = settings_from(config)

@@ -16,7 +16,8 @@ from harness.targets import TARGETS, Target, get_target
 DEFAULT_WINDOWS = "1,3,6"
 
 
-PATH_OPTIONS = ("--model-spec", "--hil-cache-dir", "--artifacts-dir", "--frames-file", "--frames")
+PATH_OPTIONS = ("--model-spec", "--hil-cache-dir", "--artifacts-dir", "--frames-file")
+PATH_ALIASES = ("--frames",)  # older spellings of path options, still accepted
 
 
 # where pytest reads its configuration, and the section that makes a file count
@@ -178,7 +179,7 @@ def hidden_ini(config: pytest.Config) -> Path | None:
     if config.inipath is not None:
         return None
     args = list(config.invocation_params.args)
-    steered = any(a in PATH_OPTIONS and i + 1 < len(args) and Path(args[i + 1]).expanduser().exists()
+    steered = any(a in PATH_OPTIONS + PATH_ALIASES and i + 1 < len(args) and Path(args[i + 1]).expanduser().exists()
                   for i, a in enumerate(args))
     if not steered:
         return None
