@@ -1,8 +1,8 @@
 """The only place the harness touches private internals of ESP-PPQ, pytest-embedded and flatbuffers.
 
 A few things the harness needs have no public API: redirecting ESP-PPQ's console logger, its export
-singletons and patterns, ESP-PPQ's generated ``espdl.fbs`` classes, and pytest-embedded's DUT log
-queue. Any release may rename these without notice. Each one is reached through one small function
+singletons and patterns, ESP-PPQ's generated ``espdl.fbs`` classes, pytest-embedded's DUT log queue and
+the list of DUTs it closes after every test. Any release may rename these without notice. Each one is reached through one small function
 here, and ``check()`` probes them all at start-up, so a changed library fails in one line naming the
 symbol and the versions it was checked against, not with an AttributeError in the middle of a case.
 """
@@ -10,9 +10,11 @@ symbol and the versions it was checked against, not with an AttributeError in th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +28,7 @@ from harness.errors import ConfigError, EspdlFormatError
 # distribution -> (oldest, newest) release whose internals the symbols below were checked against
 SUPPORTED: dict[str, tuple[str, str]] = {
     "esp-ppq": ("1.3.12", "1.3.12"),
+    "pytest-embedded": ("2.9.3", "2.9.3"),
     "pytest-embedded-serial": ("2.9.3", "2.9.3"),
     "flatbuffers": ("25.12.19", "25.12.19"),
 }
@@ -351,6 +354,37 @@ def _probe_serial_queue() -> None:
     _expect(serial_queue(dut) is q, "it is not the message queue the serial port was given")
 
 
+def keep_factory_dut(dut: Any) -> Callable[[], None]:
+    """Take ``dut`` (made by ``DutFactory.create``) out of the DUTs pytest-embedded closes after every test.
+
+    Returns ``release``: it hands the DUT back, to be closed with the next ``DutFactory.close()`` (pytest-embedded
+    calls it after every test; the harness at the end of the session). A device kept from case to case is
+    opened, reset and greeted once instead of once per case.
+    """
+    from pytest_embedded.dut_factory import DutFactory
+
+    layout = next(layout for layout in DutFactory.obj_stack if layout and layout[-1] is dut)
+    DutFactory.obj_stack.remove(layout)
+    return lambda: DutFactory.obj_stack.append(layout)
+
+
+@_private("pytest-embedded", "pytest_embedded.dut_factory.DutFactory.obj_stack")
+def _probe_obj_stack() -> None:
+    from pytest_embedded.dut_factory import DutFactory
+
+    _expect(isinstance(DutFactory.obj_stack, list), "it is not a list")
+    dut = object()
+    DutFactory.obj_stack.append(["serial", dut])
+    try:
+        release = keep_factory_dut(dut)
+        _expect(all(layout[-1] is not dut for layout in DutFactory.obj_stack), "the DUT was not taken out")
+        release()
+        _expect(DutFactory.obj_stack[-1] == ["serial", dut], "the DUT was not handed back")
+    finally:
+        DutFactory.obj_stack[:] = [layout for layout in DutFactory.obj_stack if layout[-1] is not dut]
+    _callable_with(DutFactory.close)
+
+
 # ---------------------------------------------------------------- the start-up check
 
 
@@ -372,11 +406,16 @@ def _problem(symbol: Private) -> str | None:
     return None
 
 
-def check() -> None:
+def check(stamp_dir: Path | None = None) -> None:
     """Raise one ``ConfigError`` if an installed library lacks a private symbol the harness uses.
 
-    Cheap: imports the libraries (ESP-PPQ takes a few seconds) and runs no model.
+    Imports the libraries (ESP-PPQ takes seconds) and runs no model. With ``stamp_dir``, a passed check
+    leaves a stamp of the installed files it probed, and the next run with the same files skips it.
     """
+    stamp = Path(stamp_dir) / "compat-checked" if stamp_dir is not None else None
+    fingerprint = installed_fingerprint()
+    if stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint:
+        return
     from harness.ppq.env import import_ppq
 
     with contextlib.suppress(Exception):  # a missing esp-ppq is reported below, per symbol
@@ -384,6 +423,32 @@ def check() -> None:
     problems = [(s, p) for s in SYMBOLS if (p := _problem(s)) is not None]
     if problems:
         _fail(problems)
+    if stamp is not None:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(f"{stamp.name}.tmp-{os.getpid()}")
+        tmp.write_text(fingerprint)
+        os.replace(tmp, stamp)
+
+
+def installed_fingerprint() -> str:
+    """Names every installed file the probes can reach (version, path, size, mtime) and this module's code.
+
+    Any upgrade, reinstall or edit of one of those libraries changes it (a few hundred ``stat`` calls).
+    """
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(sys.version.encode())
+    for dist in sorted(SUPPORTED):
+        try:
+            found = metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist} absent\n".encode())
+            continue
+        h.update(f"{dist}={found.version}@{found.locate_file('')}\n".encode())
+        for file in sorted(str(f) for f in found.files or () if f.suffix in (".py", ".pth")):
+            with contextlib.suppress(OSError):
+                st = found.locate_file(file).stat()
+                h.update(f"{file} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _require(probe: Callable[[], None]) -> None:

@@ -10,8 +10,10 @@ import importlib
 import importlib.machinery
 import importlib.util
 import io
+import os
 import queue
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +267,23 @@ def break_serial_queue(monkeypatch):
     monkeypatch.setattr(Serial, "__init__", renamed)
 
 
+def use_obj_stack(monkeypatch):
+    from pytest_embedded.dut_factory import DutFactory
+
+    dut = object()
+    monkeypatch.setattr(DutFactory, "obj_stack", [["a"], ["serial", dut]])
+    release = compat.keep_factory_dut(dut)
+    assert DutFactory.obj_stack == [["a"]]  # pytest-embedded's per-test close no longer reaches it
+    release()
+    assert DutFactory.obj_stack == [["a"], ["serial", dut]]
+
+
+def break_obj_stack(monkeypatch):
+    from pytest_embedded.dut_factory import DutFactory
+
+    monkeypatch.setattr(DutFactory, "obj_stack", ())  # e.g. made immutable (pytest-embedded itself still iterates it)
+
+
 CASES = {
     "esp_ppq.log.logger.initialized_loggers": (use_loggers, break_loggers),
     "esp_ppq.log.logger.NaiveLogger._handlers": (use_handlers, break_handlers),
@@ -281,6 +300,7 @@ CASES = {
     "FlatBuffers.Dl.<table>._tab (generated espdl.fbs classes)": (use_tab, break_tab),
     "flatbuffers.table.Table.Offset/Vector/VectorLen/Bytes": (use_table, break_table),
     "pytest_embedded_serial.serial.Serial._q": (use_serial_queue, break_serial_queue),
+    "pytest_embedded.dut_factory.DutFactory.obj_stack": (use_obj_stack, break_obj_stack),
 }
 
 
@@ -310,3 +330,33 @@ def test_private_symbol(name, monkeypatch, tmp_path):
 
 def test_check_passes_on_the_installed_libraries():
     compat.check()
+
+
+def test_a_passed_check_is_stamped_and_skipped_until_an_installed_file_changes(monkeypatch, tmp_path):
+    compat.check(tmp_path)
+    stamp = tmp_path / "compat-checked"
+    assert stamp.read_text() == compat.installed_fingerprint()
+
+    probed = []
+    monkeypatch.setattr(compat, "_problem", lambda symbol: probed.append(symbol) or None)
+    compat.check(tmp_path)
+    assert probed == []  # same installed files: the stamp stands for the probes
+
+    import flatbuffers.table
+
+    source = Path(flatbuffers.table.__file__)
+    stat = source.stat()
+    try:  # a library edited in place (same version): its files' times differ, so it is probed again
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        compat.check(tmp_path)
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(probed) == len(compat.SYMBOLS)
+
+
+def test_a_failed_check_leaves_no_stamp(monkeypatch, tmp_path):
+    symbol = compat.SYMBOLS[0]
+    monkeypatch.setattr(compat, "_problem", lambda s: "has no such thing" if s is symbol else None)
+    with pytest.raises(ConfigError):
+        compat.check(tmp_path)
+    assert not (tmp_path / "compat-checked").exists()

@@ -30,3 +30,11 @@ def test_killing_the_virtual_board_fails_that_case_only(tmp_path):
     after = [c for c in cases if cases.index(c) > cases.index(failed[0])]
     assert len(after) == 7 and all(c["outcome"] == "passed" for c in after)  # every later case, on a fresh board
     assert "1 failed, 7 passed" in proc.stdout
+
+    # the device is opened and reset for the first case and after the failed one; passing cases hand it on, and
+    # a case whose models the device still holds uploads none of them
+    devices = [c for c in cases if "device_fresh" in c]
+    assert [c["device_fresh"] for c in devices] == [True, True] + [False] * (len(devices) - 2)
+    assert devices[1]["models_uploaded"] > 0  # the fresh board after the failure gets the models again
+    assert any(c["models_kept"] > 0 and c["models_uploaded"] == 0 for c in devices[2:])
+    assert sum(c["models_kept"] for c in devices) > sum(c["models_uploaded"] for c in devices[2:])

@@ -12,6 +12,7 @@ the entry to add.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,27 @@ def test_a_head_with_a_streaming_table_streams_exactly(quantizer, boards, head_s
             host = streaming_verdict(host_offline, judged_outputs(qm, w, t, stream_on_host(qm, frames, w, exports)),
                                      w, 0, rows=rows)
             assert host.passed, f"host, W={w}: {host.summary()}"
+
+
+def test_a_checked_table_is_kept_with_the_model_and_read_back(quantizer, head_spec, monkeypatch):
+    from harness.model.spec import ModelSpec
+    from harness.ppq.quantize import Quantizer
+
+    qm = quantizer.model(head_spec, get_target("esp32p4"))
+    first = quantizer.streaming_exports(qm, 4)
+    kept = qm.directory / "tables" / "W4.json"
+    assert json.loads(kept.read_text()) == head_spec.table_for(4)
+
+    calls = []
+    table_for = ModelSpec.table_for
+    monkeypatch.setattr(ModelSpec, "table_for", lambda spec, w: calls.append(w) or table_for(spec, w))
+    warm = Quantizer(quantizer.cache_dir)  # a new run on the same cache
+    again = warm.streaming_exports(warm.model(head_spec, get_target("esp32p4")), 4)
+    assert calls == [] and [e.sha256 for e in again] == [e.sha256 for e in first] and warm.exports == 0
+
+    kept.write_text('[{"/mix/Conv_output_0": 4}]')  # damaged: not an entry; the spec is asked again
+    Quantizer(quantizer.cache_dir).streaming_exports(qm, 4)
+    assert calls == [4] and json.loads(kept.read_text()) == head_spec.table_for(4)
 
 
 def test_a_missing_table_entry_names_the_entry_to_add(quantizer, head_spec):

@@ -328,6 +328,39 @@ def test_upload_is_checked(runner):
         runner.link.request(p.ModelChunk(0, 16, blob[16:32]))  # not contiguous
 
 
+def test_a_model_already_in_its_slot_is_kept_and_a_new_session_streams_as_the_first(runner):
+    runner.load(3)
+    frames = runner.frames(9, seed=4)
+    first = stream_collect(runner, frames)
+    stream_collect(runner, runner.frames(9, seed=5), first_frame=9)  # the stream moves on
+
+    runner.link.hello()  # the next case on the kept session: every model is kept, the stream starts afresh
+    before = dataclasses.replace(runner.link.stats)
+    runner.load(3)
+    assert runner.link.stats.models_kept - before.models_kept == len(runner.modules(3))
+    assert runner.link.stats.models_uploaded == before.models_uploaded
+    again = stream_collect(runner, frames)
+    assert [(o.window, o.module, o.data) for o in first] == [(o.window, o.module, o.data) for o in again]
+
+    name, blob, _ = runner.modules(3)[0]
+    other = blob[:-1] + bytes([blob[-1] ^ 1])  # another model for slot 0: not kept
+    ack = runner.link.request(p.ModelBegin(0, len(other), hashlib.sha256(other).digest(), name))
+    assert ack.detail == b""
+    ack = runner.link.request(p.ModelBegin(0, len(blob), hashlib.sha256(blob).digest(), name))
+    assert ack.detail == b"", "an upload in progress is not a loaded model"
+    with pytest.raises(DeviceError, match="NOT_CONFIGURED"):  # any MODEL_BEGIN discards the configuration
+        runner.link.reset()
+    runner.link.hello()
+    kept = runner.link.request(p.ModelBegin(1, *[(len(b), hashlib.sha256(b).digest(), n) for n, b, _ in
+                                                   runner.modules(3)[1:2]][0]))
+    assert kept.detail == p.MODEL_KEPT  # slot 1 still holds its model
+    ack = runner.link.request(p.ModelBegin(1, len(blob), hashlib.sha256(blob).digest(), name))
+    assert ack.detail == b"", "the same bytes in another slot are uploaded there"
+
+    runner.reboot()  # a reboot empties every slot
+    assert all(runner.link.upload(slot, name, blob) for slot, (name, blob, _) in enumerate(runner.modules(3)))
+
+
 def test_bad_configuration_and_frames_before_it(runner):
     with pytest.raises(DeviceError, match="NOT_CONFIGURED"):
         runner.link.stream(runner.frames(3), lambda out: None)
@@ -802,3 +835,54 @@ def test_a_flat_output_too_large_for_one_output_is_refused(runner, kind, tmp_pat
         for flags in (0, p.CONFIGURE_FLAG_ALL_OUTPUTS):
             refused(text, lambda: _configure(small, pipeline, flags=flags))
             small.hello()
+
+
+def test_a_kept_device_short_of_memory_for_stale_models_is_reset_and_loaded_again(tmp_path, tiny, quantizer):
+    """Models of earlier cases stay in their slots; when they leave no room for a pipeline's models, the host
+    resets the device (every slot emptied) and loads the pipeline once more, instead of failing the case."""
+    import sys
+
+    from harness.device.dut import configure_pipeline
+    from harness.emulator.virtual_board import VirtualBoard
+    from harness.model.frames import generate_frames
+
+    qm = tiny("tiny_auto", TARGET)
+    first, second = quantizer.streaming_exports(qm, 1), quantizer.streaming_exports(qm, 3)
+    largest = max(sum(e.path.stat().st_size for e in pipeline) for pipeline in (first, second))
+    command = [sys.executable, "-m", "harness.emulator.virtual_board", "--target", TARGET,
+               "--psram-bytes", str(largest + 64)]  # room for one pipeline's models, not for two
+    board = VirtualBoard(TARGET, tmp_path / "board.log", command=command).start()
+    try:
+        with serial.serial_for_url(board.port, baudrate=921600, timeout=0.05) as port:
+            link = DeviceLink(port, "small board", liveness=board.exit_reason, reset=board.reset)
+            board.reset()
+            link.wait_boot()
+            link.hello()
+            frames = generate_frames(qm)
+            configure_pipeline(link, first, frames, 1, all_modules=False)
+            held = dict(link.loaded)
+            configure_pipeline(link, second, frames, 3, all_modules=False)  # OUT_OF_MEMORY, reset, loaded again
+            assert set(link.loaded.values()) == {hashlib.sha256(e.path.read_bytes()).digest() for e in second}
+            assert not set(held.values()) & set(link.loaded.values())
+            assert link.stats.models_uploaded == len(first) + len(second)
+
+            assert link.stats.boots == 2
+            with pytest.raises(DeviceError, match="OUT_OF_MEMORY"):  # too large for the empty board: it stands
+                configure_pipeline(link, second + first, frames, 3, all_modules=False)
+            assert link.stats.boots == 2  # the device held nothing this pipeline does not need: no reset
+    finally:
+        board.stop()
+
+
+def test_slots_keep_alternating_pipelines_side_by_side():
+    link = DeviceLink(None, "no port")
+    a, b, c = [bytes([k]) * 8 for k in range(3)]
+    assert link.slots_for([a, b]) == [0, 1]
+    link.loaded.update({0: hashlib.sha256(a).digest(), 1: hashlib.sha256(b).digest()})
+    assert link.slots_for([b, c]) == [1, 2]  # b where it is, c in a free slot
+    assert link.slots_for([a, a]) == [0, 2]  # the same model twice: two slots
+    others = [bytes([100 + s]) * 8 for s in range(2, p.MODEL_SLOTS)]
+    link.loaded.update({s: hashlib.sha256(blob).digest() for s, blob in enumerate(others, start=2)})
+    assert link.slots_for(others) == list(range(2, p.MODEL_SLOTS))  # every slot full, each where it is
+    assert link.slots_for([a]) == [0]
+    assert link.slots_for([c]) == [1]  # the longest unused slot goes first

@@ -43,6 +43,21 @@ def test_spec_can_import_its_siblings(tmp_path):
     assert len(spec.build_submodels(spec.config)) == 3
 
 
+def test_a_helper_module_that_builds_the_layers_is_part_of_the_model(tmp_path):
+    """A spec whose layers come from a helper function (torch's own classes only) is a new model when the
+    helper changes: the calibration and export cache must not serve the old one."""
+    helper = tmp_path / "layers_helper.py"
+    helper.write_text("import torch.nn as nn\n\ndef build(config):\n    return [nn.Conv1d(8, 8, 1)]\n")
+    body = GOOD.replace("from models.tcn import build_tcn", "import layers_helper").replace(
+        "return build_tcn(config)", "return layers_helper.build(config)")
+    spec = load_spec(write(tmp_path, body))
+    assert helper.resolve() in spec.sources and spec.path in spec.sources
+    assert not any("site-packages" in f.parts or f.name == "__init__.py" for f in spec.sources)  # torch is not
+    before = spec.source_digest(spec.build_submodels(spec.config))
+    helper.write_text(helper.read_text().replace("nn.Conv1d(8, 8, 1)", "nn.Conv1d(8, 8, 3, padding=2)"))
+    assert spec.source_digest(spec.build_submodels(spec.config)) != before
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

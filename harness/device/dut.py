@@ -60,17 +60,24 @@ class LinkStats:
     frame_bytes_sent: int = 0  # input frame values
     output_bytes_received: int = 0  # output tensor values
     garbage_bytes: int = 0  # noise before the boot banner
+    boots: int = 0  # boot banners waited for (resets)
+    models_uploaded: int = 0
+    models_kept: int = 0  # MODEL_BEGINs the device answered "already loaded"
 
 
 class DeviceLink:
     """Protocol client on a pyserial-like port (``read``, ``write``, ``in_waiting``, ``timeout``)."""
 
     def __init__(self, port, name: str, on_log: Callable[[int, str], None] | None = None,
-                 liveness: Callable[[], str | None] | None = None):
+                 liveness: Callable[[], str | None] | None = None, reset: Callable[[], None] | None = None):
         self.port = port
         self.name = name
         self.on_log = on_log or (lambda level, text: None)
         self.liveness = liveness or (lambda: None)
+        self.reset_device = reset  # the EN pin, where the host has one
+        self.loaded: dict[int, bytes] = {}  # slot -> SHA-256 of the model this link put there since the boot
+        self._last_use: dict[int, int] = {}  # slot -> when a pipeline last used it
+        self._tick = 0
         self.stats = LinkStats()
         self.info: p.Info | None = None
         self.credits = 0
@@ -205,6 +212,8 @@ class DeviceLink:
     def wait_boot(self, timeout: float = REPLY_TIMEOUT) -> p.Boot:
         """The banner a device sends after its reset; noise before it is ignored."""
         self._synced = False
+        self.loaded.clear()
+        self.stats.boots += 1
         self._rx_seq = None
         deadline = time.monotonic() + timeout
         while True:
@@ -232,13 +241,45 @@ class DeviceLink:
     def request(self, message, timeout: float = REPLY_TIMEOUT) -> p.Ack:
         return self._expect_reply(self.send(message), timeout)
 
-    def upload(self, slot: int, name: str, data: bytes) -> None:
-        """MODEL_BEGIN, MODEL_CHUNKs and MODEL_END, each acknowledged; the device checks size and SHA-256."""
-        self.request(p.ModelBegin(slot, len(data), hashlib.sha256(data).digest(), name))
+    def slots_for(self, blobs: list[bytes]) -> list[int]:
+        """A slot per model of a pipeline: where the device already holds it, else a free one, else the one
+        longest unused (of those this pipeline does not need), so that pipelines cases alternate between stay
+        loaded side by side."""
+        self._tick += 1
+        chosen: list[int] = []
+        for data in blobs:
+            sha256 = hashlib.sha256(data).digest()
+            held = [s for s, h in self.loaded.items() if h == sha256 and s not in chosen]
+            free = [s for s in range(p.MODEL_SLOTS) if s not in self.loaded and s not in chosen]
+            oldest = sorted((s for s in self.loaded if s not in chosen), key=lambda s: self._last_use.get(s, 0))
+            chosen.append((held or free or oldest)[0])
+        for slot in chosen:
+            self._last_use[slot] = self._tick
+        return chosen
+
+    def upload(self, slot: int, name: str, data: bytes) -> bool:
+        """MODEL_BEGIN, MODEL_CHUNKs and MODEL_END, each acknowledged; the device checks size and SHA-256.
+
+        False when the slot already held these bytes (its SHA-256 checked when they were uploaded): a device
+        kept from an earlier case answers MODEL_BEGIN so, and nothing more is sent.
+        """
+        sha256 = hashlib.sha256(data).digest()
+        begin = self.request(p.ModelBegin(slot, len(data), sha256, name))  # refused: the slot is as it was
+        if begin.detail == p.MODEL_KEPT:
+            self.loaded[slot] = sha256
+            self.stats.models_kept += 1
+            return False
+        self.loaded.pop(slot, None)  # whatever the slot held is gone
+        if begin.detail:
+            raise p.ProtocolError(f"{self.name} answered MODEL_BEGIN with ACK detail {begin.detail.hex()}",
+                                  _PROTOCOL_FIX)
         chunk = p.max_chunk_size(self.max_payload)
         for offset in range(0, len(data), chunk):
             self.request(p.ModelChunk(slot, offset, data[offset : offset + chunk]))
         self.request(p.ModelEnd(slot), timeout=REPLY_TIMEOUT + len(data) / 10_000)
+        self.loaded[slot] = sha256
+        self.stats.models_uploaded += 1
+        return True
 
     def configure(self, config: p.Configure) -> list[p.ConfigureAckModule]:
         return p.unpack_configure_ack(self.request(config).detail)
@@ -301,12 +342,34 @@ def queue_depth_for(window: int, modules: int, frames: int) -> int:
 
 def load_pipeline(link: DeviceLink, exports: list, window: int, schedule: str, all_modules: bool,
                   output_batch: int = 1, queue_depth: int = 0) -> list[p.ConfigureAckModule]:
-    """Upload every module's streaming ``.espdl`` and configure the pipeline; check what the device loaded."""
-    for e in exports:
-        link.upload(e.module, e.path.name, e.path.read_bytes())
+    """Upload every module's streaming ``.espdl`` and configure the pipeline; check what the device loaded.
+
+    A device kept from earlier cases still holds their models in slots this pipeline does not use; when it runs
+    out of memory with them there, it is reset (every slot emptied) and loaded once more.
+    """
+    args = (window, schedule, all_modules, output_batch, queue_depth)
+    try:
+        return _load_pipeline(link, exports, *args)
+    except DeviceError as exc:
+        needed = {hashlib.sha256(e.path.read_bytes()).digest() for e in exports}
+        stale = sorted(slot for slot, sha256 in link.loaded.items() if sha256 not in needed)
+        if exc.code != p.ErrorCode.OUT_OF_MEMORY or not stale or link.reset_device is None:
+            raise
+        link.on_log(p.LogLevel.WARNING, f"{exc}; slots {stale} hold models of earlier cases: resetting to free them")
+        if boot_and_hello(link, link.reset_device) is None:
+            raise
+        return _load_pipeline(link, exports, *args)
+
+
+def _load_pipeline(link: DeviceLink, exports: list, window: int, schedule: str, all_modules: bool,
+                   output_batch: int, queue_depth: int) -> list[p.ConfigureAckModule]:
+    blobs = [e.path.read_bytes() for e in exports]
+    slots = link.slots_for(blobs)
+    for e, slot, data in zip(exports, slots, blobs):
+        link.upload(slot, e.path.name, data)
     modules = tuple(
         p.ModuleConfig(
-            slot=e.module,
+            slot=slot,
             input_layout=p.Layout[e.layouts["input"]],
             output_layout=p.Layout[e.layouts["output"]],
             input=e.input,
@@ -314,7 +377,7 @@ def load_pipeline(link: DeviceLink, exports: list, window: int, schedule: str, a
             cache_input=e.cache_input or "",
             cache_output=e.cache_output or "",
         )
-        for e in exports
+        for e, slot in zip(exports, slots)
     )
     kind = p.Schedule.ROUND_ROBIN if schedule == "round-robin" else p.Schedule.SEQUENTIAL
     flags = p.CONFIGURE_FLAG_ALL_OUTPUTS if all_modules else 0

@@ -37,6 +37,8 @@ OUTPUT_HEADER_SIZE = 19  # window u32 ... timing_count u8; then 16 bytes per tim
 OUTPUT_PART_SIZE = 4  # a part (windows 0): part_first_frame u16, part_frames u16 after the timings
 MODEL_CHUNK_HEADER_SIZE = 5  # slot u8, offset u32
 CONFIGURE_FLAG_ALL_OUTPUTS = 0x01
+MODEL_SLOTS = 16  # slots 0..15 of every runner (docs/protocol.md MODEL_BEGIN)
+MODEL_KEPT = b"\x01"  # ACK detail of MODEL_BEGIN: the slot already holds this model; no chunks or MODEL_END follow
 BAD_FRAME_REF_SEQ = 0xFFFF
 
 

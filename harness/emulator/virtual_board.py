@@ -14,7 +14,8 @@ Run standalone: ``python -m harness.emulator.virtual_board --target esp32p4`` pr
 ``reset`` (EN pin), ``flash <build id>`` (what flashing a build does: the
 board then reports that build ID, and reboots), ``quit``; the first two are
 confirmed with a ``done ...`` line on stdout once they have happened.
-``--max-payload N`` makes it announce (and keep to) another INFO max_payload
+``--psram-bytes N`` bounds what the uploaded models may take together (MODEL_BEGIN answers OUT_OF_MEMORY
+beyond it, as a board with that much free PSRAM does). ``--max-payload N`` makes it announce (and keep to) another INFO max_payload
 than the firmware's default 4096, e.g. to compare OUTPUT parts with whole windows.
 """
 
@@ -60,18 +61,12 @@ def build_id() -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _loaded(data: bytes, name: str, target: str):
-    """The model in ``data``, checked like dl::Model's load (unknown ops refused now, not mid-stream).
-
-    Kept by content: every case uploads the same files again after its reset, and parsing them again in
-    Python would only slow the emulator down (nothing changes a parsed model).
-    """
-    from harness.emulator.engine import Engine
+def _parsed(data: bytes, name: str):
+    """The model in ``data``, kept by content: a reset board is given the same files again, and parsing them
+    again in Python would only slow the emulator down (nothing changes a parsed model)."""
     from harness.espdl.reader import load_espdl
 
-    model = load_espdl(data, name=name)
-    Engine(model, target)
-    return model
+    return load_espdl(data, name=name)
 
 
 class BoardError(Exception):
@@ -134,16 +129,17 @@ class Batch:
 class Board:
     """The runner's state machine, transport-free: ``handle(packet) -> messages to send``."""
 
-    def __init__(self, target: Target, max_payload: int = p.DEFAULT_MAX_PAYLOAD):
+    def __init__(self, target: Target, max_payload: int = p.DEFAULT_MAX_PAYLOAD, psram_bytes: int = PSRAM_BYTES):
         self.target = target
         self.max_payload = max_payload  # INFO's; bounds every OUTPUT (a larger window goes in parts)
+        self.psram_bytes = psram_bytes  # what uploads and loaded models may take together
         self.build_id = build_id()  # what INFO reports; a side-channel "flash" replaces it
         self.reboot()
 
     def reboot(self) -> list:
         self.greeted = False  # nothing but HELLO is served before HELLO
         self.expected_seq: int | None = None
-        self.models: dict[int, tuple] = {}  # slot -> (EspdlModel, size in bytes)
+        self.models: dict[int, tuple] = {}  # slot -> (EspdlModel, size in bytes, SHA-256, its Engine)
         self.uploads: dict[int, Upload] = {}
         self._unconfigure()
         return [p.Boot(f"espdl-hil streaming runner (virtual {self.target.name}) ready")]
@@ -207,14 +203,14 @@ class Board:
         if not m.min_version <= p.PROTOCOL_VERSION <= m.max_version:
             raise BoardError(p.ErrorCode.VERSION_UNSUPPORTED, f"supported versions: {p.PROTOCOL_VERSION}")
         self.greeted = True
-        used = sum(len(u.data) for u in self.uploads.values()) + sum(size for _, size in self.models.values())
+        used = sum(len(u.data) for u in self.uploads.values()) + sum(held[1] for held in self.models.values())
         self._out.append(
             p.Info(
                 version=p.PROTOCOL_VERSION,
                 max_payload=self.max_payload,
                 credits=CREDITS,  # every frame is stepped as it arrives: all of them are free again
                 free_internal_bytes=INTERNAL_BYTES,
-                free_psram_bytes=PSRAM_BYTES - used,
+                free_psram_bytes=self.psram_bytes - used,
                 target=self.target.name,
                 build_id=self.build_id,
                 esp_dl_version=ESP_DL_SEMANTICS,
@@ -226,11 +222,16 @@ class Board:
     def _model_begin(self, m: p.ModelBegin):
         if m.slot >= MAX_SLOTS:
             raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot} >= {MAX_SLOTS}")
-        if m.size > PSRAM_BYTES:
-            raise BoardError(p.ErrorCode.OUT_OF_MEMORY, f"model of {m.size} bytes does not fit in PSRAM")
-        if m.slot in self.models:
+        used = sum(u.size for u in self.uploads.values()) + sum(held[1] for held in self.models.values())
+        if used + m.size > self.psram_bytes:  # allocated before the slot's old model goes, as on the chip
+            raise BoardError(p.ErrorCode.OUT_OF_MEMORY, f"model of {m.size} bytes does not fit in PSRAM "
+                                                        f"({self.psram_bytes - used} of {self.psram_bytes} bytes free)")
+        held = self.models.get(m.slot)
+        if held is not None:
+            self._unconfigure()  # a configuration may use the model: CONFIGURE again in either case
+            if held[1:3] == (m.size, m.sha256):  # already loaded: no chunks, no MODEL_END
+                return p.MODEL_KEPT
             del self.models[m.slot]
-            self._unconfigure()  # a configuration may use the replaced model
         self.uploads[m.slot] = Upload(m.size, m.sha256, m.name)
         return b""
 
@@ -255,11 +256,14 @@ class Board:
             raise BoardError(p.ErrorCode.BAD_PAYLOAD, f"slot {m.slot}: received {len(data)} of {upload.size} bytes")
         if hashlib.sha256(data).digest() != upload.sha256:
             raise BoardError(p.ErrorCode.MODEL_SHA_MISMATCH, f"slot {m.slot}: SHA-256 of the {len(data)} bytes differs")
-        try:
-            model = _loaded(data, upload.name, self.target.name)
+        from harness.emulator.engine import Engine
+
+        try:  # checked like dl::Model's load: unknown ops refused now, not mid-stream
+            model = _parsed(data, upload.name)
+            engine = Engine(model, self.target)
         except HarnessError as exc:
             raise BoardError(p.ErrorCode.MODEL_LOAD_FAILED, f"{upload.name}: {exc}") from None
-        self.models[m.slot] = (model, len(data))
+        self.models[m.slot] = (model, len(data), upload.sha256, engine)
         return b""
 
     def _configure(self, m: p.Configure):
@@ -279,7 +283,7 @@ class Board:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: input_layout FLAT: a module's input is NWC or NCW")
             if mc.output_layout == p.Layout.FLAT and k < last:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' is FLAT: only the last module's output (module {last}) may be")
-            model, _ = self.models[mc.slot]
+            model = self.models[mc.slot][0]
             names = {"input": [i.name for i in model.inputs], "output": [o.name for o in model.outputs]}
             for role, name in (("input", mc.input), ("output", mc.output), ("input", mc.cache_input), ("output", mc.cache_output)):
                 if name and name not in names[role]:
@@ -293,7 +297,9 @@ class Board:
             info_in, info_out = model.input(mc.input), model.output(mc.output)
             if len(info_in.shape) != 3 or info_in.shape[0] != 1 or _frames_of(info_in.shape, mc.input_layout) != m.window:
                 raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: input '{mc.input}' is {list(info_in.shape)}, not {p.Layout(mc.input_layout).name} with {m.window} frames")
-            engine = Engine(model, self.target)
+            # the slot's own engine for its first module (CONFIGURE zeroes it); another module on the slot gets its own
+            first = all(other.slot != mc.slot for other in m.modules[:k])
+            engine = self.models[mc.slot][3] if first else Engine(model, self.target)
             # like ESP-DL at load: infer every shape from the input (an export's value_info may be stale)
             probe = engine.run({i.name: np.zeros(i.shape, dtype=i.dtype) for i in engine.inputs})[mc.output]
             engine.reset()
@@ -690,11 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=None, help="throttle the link like a UART at this baud rate")
     parser.add_argument("--max-payload", type=int, default=p.DEFAULT_MAX_PAYLOAD,
                         help="INFO max_payload, 256..65535 (default %(default)s, the firmware's)")
+    parser.add_argument("--psram-bytes", type=int, default=PSRAM_BYTES,
+                        help="memory the uploaded models may take together (default %(default)s)")
     args = parser.parse_args(argv)
     if not 256 <= args.max_payload <= p.MAX_PAYLOAD_LIMIT:
         parser.error(f"--max-payload {args.max_payload} is not within 256..{p.MAX_PAYLOAD_LIMIT}")
     sys.setswitchinterval(0.0005)  # let the wire thread move bytes promptly while the engine computes
-    server = PtyServer(Board(get_target(args.target), args.max_payload), sys.stdin.fileno(), args.baud)
+    server = PtyServer(Board(get_target(args.target), args.max_payload, args.psram_bytes), sys.stdin.fileno(), args.baud)
     print(f"PTY {server.path}", flush=True)
     server.serve()
     return 0

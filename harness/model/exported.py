@@ -179,7 +179,7 @@ def exported_model(spec, target, cache_dir: Path):
     shape = tuple(o.output.shape[1:])
     form = OutputForm(per_window=True, shape=shape, span=o.frames) if files.per_window else OutputForm()
     module = ModuleArtifacts(
-        index=0, offline_graph=None, streaming_graph=None, offline_espdl=o.path,
+        index=0, offline_native=None, streaming_native=None, offline_espdl=o.path,
         in_channels=o.channels, out_channels=o.output_channels(), cache_shape=None,
         in_exponent=o.input.exponents[0], out_exponent=o.output.exponents[0],
         lint=tuple(str(f) for f in lint_model(o.model, target)), output=form,

@@ -69,6 +69,7 @@ class ModelSpec:
     build_submodels: Callable[[dict], list] | None = field(repr=False)
     streaming_table: Callable | None = field(default=None, repr=False)
     exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.model.exported.ExportedFiles per target
+    sources: tuple[Path, ...] = ()  # the spec file and every local (not installed) module it reaches
 
     def __getattr__(self, key: str) -> Any:
         if key in HARNESS_KEYS:
@@ -113,8 +114,9 @@ class ModelSpec:
         return [{name: dict(entry)} for e in entries for name, entry in e.items()]  # one entry per tensor
 
     def source_digest(self, submodels: list) -> str:
-        """sha256 over the spec file and the source files of every module class it builds."""
-        files = {self.path}
+        """sha256 over the spec file, the local modules it reaches and the source files of every module class it
+        builds: a change in any of them (a helper that builds layers, the streaming table) is a new model."""
+        files = {self.path, *self.sources}
         if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
             files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
         for sub in submodels:
@@ -189,10 +191,55 @@ def load_spec(path: str | Path) -> ModelSpec:
     if table is not None and (not callable(table) or streaming != "auto"):
         raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
                     "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
-    loaded = ModelSpec(name, streaming, config, path, build, table)
+    loaded = ModelSpec(name, streaming, config, path, build, table, sources=local_sources(module))
     if loaded.window_error(config["calibration_window"]) and streaming == "explicit":
         raise _fail(path, loaded.window_error(config["calibration_window"]), "change CONFIG['calibration_window']")
     return loaded
+
+
+def local_sources(module) -> tuple[Path, ...]:
+    """The source files of ``module`` and of every local module its globals reach, transitively.
+
+    Local: not the standard library, not an installed distribution, not the harness itself (whose code is
+    hashed on its own): the user's helpers, e.g. a ``layers.py`` the spec imports functions from.
+    """
+    import sysconfig
+    from types import ModuleType
+
+    from harness.resources import PACKAGE
+
+    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    own = [PACKAGE, PACKAGE / "shipped"]  # the harness's code is not the model's; its shipped models are
+
+    def local(file: Path) -> bool:
+        if any(file.is_relative_to(root) for root in installed) or "site-packages" in file.parts:
+            return False
+        return not file.is_relative_to(own[0]) or file.is_relative_to(own[1])
+
+    files: set[Path] = set()
+    seen: set[str] = set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        name = getattr(current, "__name__", None)
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        origin = getattr(current, "__file__", None)
+        if not origin or not local(Path(origin).resolve()):
+            continue
+        files.add(Path(origin).resolve())
+        for value in list(vars(current).values()):
+            if isinstance(value, ModuleType):
+                stack.append(value)
+                continue
+            try:  # a function's or class's module; any other object's attribute may be anything
+                owner = getattr(value, "__module__", None)
+            except Exception:  # noqa: BLE001 - a user object's __getattr__
+                owner = None
+            if isinstance(owner, str) and owner in sys.modules:
+                stack.append(sys.modules[owner])
+    return tuple(sorted(files))
 
 
 def builtin_spec_paths() -> list[Path]:

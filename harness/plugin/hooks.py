@@ -17,7 +17,6 @@ import pytest
 
 from harness import compat
 from harness.errors import HarnessError
-from harness.plugin.boards import open_board, open_virtual_board
 from harness.plugin.options import OPTIONS, PATH_OPTIONS, Case, ModelCase, add_options, hidden_ini, settings_from
 from harness.plugin.recording import CASE, PHASES, Recorder, comparison_fields, failed, identity, plain
 from harness.plugin.state import SETTINGS, HilSession, session_of
@@ -58,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         config.stash[SETTINGS] = settings_from(config)
         if not hasattr(config, "workerinput"):  # the controller checks, once per run
-            compat.check()  # the private library internals the harness relies on are still there
+            compat.check(config.stash[SETTINGS].cache_dir)  # the private library internals the harness relies on are still there
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
@@ -186,24 +185,28 @@ def fidelity(hil_session: HilSession, quantized_model, frames):
 
 @pytest.fixture
 def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession):
-    """Stage 4: a freshly reset streaming runner for the case's target, behind pytest-embedded's serial DUT.
+    """Stage 4: a streaming runner for the case's target, behind pytest-embedded's serial DUT.
 
-    A case that fails costs only itself: afterwards the virtual board process is replaced, so the next
-    case starts on a fresh device (a board is reset, greeted and given its models again by every case).
+    Opened, reset and greeted by the first case and kept while cases pass: each case greets it again, its
+    unchanged models stay loaded and its CONFIGURE restarts every stream. A case that fails costs only itself:
+    afterwards the device is closed (a virtual board's process replaced), so the next case starts on a fresh one.
     """
     target = hil_case.target.name
-    if hil_session.settings.dut == "virtual":
-        board = hil_session.board(target)
-        with open_virtual_board(board) as link:
-            yield link
-        if failed(request.node) or board.exit_reason():
-            hil_session.device_failed(link.name, target)
-    else:
+    port = None
+    if hil_session.settings.dut != "virtual":
         port = hil_session.settings.ports[target][request.node.stash.get(BOARD_INDEX, 0)]
-        with open_board(hil_session.firmware(target), port) as link:
-            yield link
-        if failed(request.node):
-            hil_session.device_failed(link.name)
+    link, fresh = hil_session.device(target, port)
+    before = dataclasses.replace(link.stats)
+    yield link
+    request.node.stash.setdefault(CASE, {}).update(
+        device_fresh=fresh, models_uploaded=link.stats.models_uploaded - before.models_uploaded,
+        models_kept=link.stats.models_kept - before.models_kept)
+    if port is None:
+        board = hil_session.board_if_running(target)
+        if failed(request.node) or board is None or board.exit_reason():
+            hil_session.device_failed(link.name, virtual_target=target)
+    elif failed(request.node):
+        hil_session.device_failed(link.name, port=port)
 
 
 @pytest.fixture
@@ -281,9 +284,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With several boards per target, spread cases over them: one pytest-xdist group (and worker) per board."""
+    """Within each test module, the cases of one target, model and window run one after another (a kept device
+    then holds their models: ``HeldDevices``). With several boards per target, spread cases over them: one
+    pytest-xdist group (and worker) per board."""
     settings = config.stash.get(SETTINGS, None)
-    if settings is None or settings.dut != "board":
+    if settings is None:
+        return
+    first: dict = {}  # (test module, case) -> where it first appears
+
+    def grouped(item: pytest.Item) -> int:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("hil_case")
+        key = (item.nodeid.split("::")[0], case.id if case is not None else item.nodeid)
+        return first.setdefault(key, len(first))
+
+    items.sort(key=grouped)  # stable: the tests of a group keep their order
+    if settings.dut != "board":
         return
     seen: dict[str, int] = {}
     for item in items:

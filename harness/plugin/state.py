@@ -29,11 +29,15 @@ class HilSession:
     _firmware: dict = field(default_factory=dict)
     _fidelity: dict = field(default_factory=dict)
     _offline: dict = field(default_factory=dict)  # (target, model, device) -> outputs of the offline exports on it
+    devices: object = None  # harness.plugin.boards.HeldDevices
     warned: set = field(default_factory=set)  # lint findings already shown
 
     def __post_init__(self) -> None:
+        from harness.plugin.boards import HeldDevices
         from harness.ppq.quantize import Quantizer
         from harness.plugin.report import SessionReport
+
+        self.devices = HeldDevices()
 
         self.quantizer = Quantizer(self.settings.cache_dir)
         self.report = SessionReport(self.settings.dut, [t.name for t in self.settings.targets], self.settings.dut_reason)
@@ -99,10 +103,15 @@ class HilSession:
         board = self._boards.get(target)
         if board is None or board.exit_reason() is not None:
             if board is not None:
+                self.devices.drop(f"virtual {target}")
                 board.stop()
             log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
             self._boards[target] = VirtualBoard(target, log).start()
         return self._boards[target]
+
+    def board_if_running(self, target: str):
+        """The virtual board serving ``target`` now, if one was started (it may have died since)."""
+        return self._boards.get(target)
 
     def offline_on(self, device, case, run, length: int):
         """The offline exports' outputs on ``device`` for ``case``'s model on ``length`` frames: ``run()`` once
@@ -112,9 +121,21 @@ class HilSession:
             self._offline[key] = run()
         return self._offline[key]
 
-    def device_failed(self, name: str, virtual_target: str | None = None) -> None:
-        """A case failed on device ``name``: forget what it computed; a virtual board gets a fresh process."""
+    def device(self, target: str, port: str | None):
+        """The device link for a case: the virtual board of ``target``, or the board on ``port``, kept from the
+        case before if that passed (``HeldDevices``); and whether it was opened and reset for this case."""
+        from harness.plugin.boards import open_board, open_virtual_board
+
+        if port is None:
+            board = self.board(target)
+            return self.devices.link(f"virtual {target}", lambda: open_virtual_board(board, keep=True))
+        return self.devices.link(port, lambda: open_board(self.firmware(target), port, keep=True))
+
+    def device_failed(self, name: str, virtual_target: str | None = None, port: str | None = None) -> None:
+        """A case failed on device ``name``: forget what it computed and close it (the next case opens and resets
+        it afresh); a virtual board gets a fresh process."""
         self._offline = {k: v for k, v in self._offline.items() if k[2] != name}
+        self.devices.drop(port if port is not None else f"virtual {virtual_target}")
         board = self._boards.pop(virtual_target, None) if virtual_target else None
         if board is not None:
             board.stop()
@@ -129,6 +150,7 @@ class HilSession:
         return self._firmware[target]
 
     def close(self) -> None:
+        self.devices.close()
         for board in self._boards.values():
             board.stop()
 

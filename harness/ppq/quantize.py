@@ -91,8 +91,8 @@ class ModuleArtifacts:
     """One calibrated sub-model."""
 
     index: int
-    offline_graph: object  # esp_ppq BaseGraph, calibrated on whole sequences
-    streaming_graph: object | None  # explicit models: graph with cache input/output; None for auto
+    offline_native: Path | None  # ESP-PPQ's saved graph, calibrated on whole sequences (None: the user's files)
+    streaming_native: Path | None  # explicit models: the graph with cache input/output; None for auto
     offline_espdl: Path  # offline model with embedded test values (inputs + every tensor)
     in_channels: int
     out_channels: int  # channels of one output frame; per-window output: elements of a FLAT one
@@ -102,6 +102,29 @@ class ModuleArtifacts:
     unlocked: list[str] = field(default_factory=list)  # streaming tensors calibrated on their own
     lint: tuple[str, ...] = ()  # where the chip computes something else than ESP-PPQ's simulation (offline file)
     output: OutputForm = field(default_factory=OutputForm)  # per frame, or one tensor per window (last module)
+    tensors: frozenset[str] = frozenset()  # names of the offline graph's variables
+    _graphs: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def offline_graph(self):
+        """The esp_ppq BaseGraph calibrated on whole sequences, loaded (with ESP-PPQ) on first use.
+
+        A warm run whose derived results are all cached never needs it, nor ESP-PPQ's import.
+        """
+        return self._graph(self.offline_native)
+
+    @property
+    def streaming_graph(self):
+        """Explicit models: the locked graph with cache input/output; None for auto models."""
+        return self._graph(self.streaming_native)
+
+    def _graph(self, path: Path | None):
+        if path is None:
+            return None
+        if path not in self._graphs:
+            import_ppq()
+            self._graphs[path] = _load_graph(path)
+        return self._graphs[path]
 
 
 @dataclass
@@ -212,7 +235,6 @@ class Quantizer:
         return self._models[memo]
 
     def _load_or_build(self, spec: ModelSpec, target: Target) -> QuantizedModel:
-        import_ppq()
         import torch
 
         with torch.random.fork_rng():
@@ -230,6 +252,7 @@ class Quantizer:
             if not _intact(directory):  # missing, or damaged since it was written: calibrate again
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
+                import_ppq()
                 self._build(spec, target, submodels, staging)
                 shutil.rmtree(directory, ignore_errors=True)
                 os.replace(staging, directory)
@@ -272,6 +295,8 @@ class Quantizer:
                 "cache_shape": None,
                 "unlocked": [],
                 "output": {"per_window": form.per_window, "shape": list(form.shape), "span": form.span},
+                "exponents": [var_exponent(offline, "input"), var_exponent(offline, "output")],
+                "tensors": sorted(offline.variables),
             }
             streaming = None
             cache_shape = getattr(sub, "cache_shape", None) if spec.streaming == "explicit" else None
@@ -409,8 +434,7 @@ class Quantizer:
             from harness.model.exported import streaming_export
 
             return streaming_export(qm, window)
-        table = qm.spec.table_for(window)
-        _check_table(qm, table)
+        table = _table(qm, window)
         kind = f"W{window}" + (f"-table-{hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:12]}"
                                if table else "")
         return self._exports_of(qm, kind, lambda m, out: self._export_module(qm, m, window, True, out, table))
@@ -457,7 +481,7 @@ class Quantizer:
         path = out / f"m{m.index}.espdl"
         shape = [1, m.in_channels, frames]
         what = f"for window {frames}" if streaming else f"offline for {frames} frames"
-        stateful = streaming and m.streaming_graph is not None
+        stateful = streaming and m.streaming_native is not None
         auto = streaming and qm.spec.streaming == "auto"
         graph = m.streaming_graph if stateful else m.offline_graph
         if auto:
@@ -536,11 +560,34 @@ def _advised(log: Path, graph, what: str):
         raise (advice or exc) from None
 
 
+def _table(qm: QuantizedModel, window: int) -> list[dict]:
+    """The spec's streaming-table entries for ``window``, checked, kept in the model's cache entry.
+
+    The entry's key covers the spec's sources and ESP-PPQ's version, the table's inputs: a warm run reads it
+    instead of calling the spec (whose tables call ESP-PPQ, imported for nothing else then).
+    """
+    if qm.spec.streaming_table is None:
+        return []
+    path = qm.directory / "tables" / f"W{window}.json"
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(path.read_text())
+        if isinstance(kept, list) and all(isinstance(e, dict) and len(e) == 1 and all(isinstance(v, dict) for v in
+                                                                                      e.values()) for e in kept):
+            return kept
+    table = qm.spec.table_for(window)
+    _check_table(qm, table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(table, sort_keys=True))
+    os.replace(staging, path)
+    return table
+
+
 def _check_table(qm: QuantizedModel, table: list[dict]) -> None:
     """Every streaming-table entry names a tensor of some sub-model (ESP-PPQ would only log it)."""
     import difflib
 
-    known = {n for m in qm.modules for n in m.offline_graph.variables}
+    known = {n for m in qm.modules for n in m.tensors}
     for entry in table:
         for name in entry:
             if name not in known:
@@ -836,23 +883,22 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
     modules = []
     for entry in manifest["modules"]:
         k = entry["index"]
-        offline = _load_graph(directory / f"m{k}.offline.native")
         streaming_path = directory / f"m{k}.streaming.native"
-        streaming = _load_graph(streaming_path) if streaming_path.is_file() else None
         modules.append(
             ModuleArtifacts(
                 index=k,
-                offline_graph=offline,
-                streaming_graph=streaming,
+                offline_native=directory / f"m{k}.offline.native",
+                streaming_native=streaming_path if streaming_path.is_file() else None,
                 offline_espdl=directory / f"m{k}.offline.espdl",
                 in_channels=entry["in_channels"],
                 out_channels=entry["out_channels"],
                 cache_shape=tuple(entry["cache_shape"]) if entry["cache_shape"] else None,
-                in_exponent=var_exponent(offline, "input"),
-                out_exponent=var_exponent(offline, "output"),
+                in_exponent=entry["exponents"][0],
+                out_exponent=entry["exponents"][1],
                 unlocked=entry["unlocked"],
                 output=OutputForm(**{**entry["output"], "shape": tuple(entry["output"]["shape"])}),
                 lint=cached_lint(directory / f"m{k}.offline.espdl", target),
+                tensors=frozenset(entry["tensors"]),
             )
         )
     return QuantizedModel(

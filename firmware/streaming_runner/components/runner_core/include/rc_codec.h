@@ -27,6 +27,7 @@ extern "C" {
 #define RC_FRAMES_HEADER_SIZE 8u
 #define RC_MODEL_CHUNK_HEADER_SIZE 5u
 #define RC_MODEL_BEGIN_FIXED_SIZE 37u /* slot, size, sha256; then the name */
+#define RC_MODEL_KEPT 0x01u /* ACK detail of MODEL_BEGIN: the slot already holds this model */
 #define RC_CONFIGURE_HEADER_SIZE 9u
 #define RC_OUTPUT_HEADER_SIZE 19u
 #define RC_OUTPUT_PART_SIZE 4u       /* a part (windows 0): part_first_frame u16, part_frames u16 */

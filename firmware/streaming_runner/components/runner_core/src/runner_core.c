@@ -420,12 +420,20 @@ static rc_slot_t *upload_of(rc_runner_t *r, uint8_t slot)
     return slot < RC_MAX_SLOTS && r->slots[slot].state == RC_SLOT_UPLOADING ? &r->slots[slot] : NULL;
 }
 
-static rc_error_t handle_model_begin(rc_runner_t *r, const rc_model_begin_t *m)
+static rc_error_t handle_model_begin(rc_runner_t *r, const rc_model_begin_t *m, rc_bytes_t *detail)
 {
+    static const uint8_t kept = RC_MODEL_KEPT;
     uint8_t *data;
     rc_slot_t *s;
     if (m->slot >= RC_MAX_SLOTS) {
         return rc_fail(r, RC_ERR_BAD_PAYLOAD, "slot %u >= %u", m->slot, RC_MAX_SLOTS);
+    }
+    s = &r->slots[m->slot];
+    if (s->state == RC_SLOT_LOADED && s->size == m->size && memcmp(s->sha256, m->sha256, sizeof s->sha256) == 0) {
+        unconfigure(r); /* as for any MODEL_BEGIN: the host configures again */
+        detail->ptr = &kept; /* already loaded (its SHA-256 was checked at MODEL_END): no chunks, no MODEL_END */
+        detail->len = 1;
+        return RC_OK;
     }
     /* allocated before the old model goes: a refused upload leaves the slot as it was */
     data = (uint8_t *)r->pf.alloc(r->pf.ctx, m->size > 0 ? m->size : 1);
@@ -540,7 +548,7 @@ static rc_error_t handle_request(rc_runner_t *r, const rc_message_t *msg, rc_byt
     rc_error_t code;
     switch (msg->type) {
     case RC_MSG_HELLO: return handle_hello(r, &msg->u.hello);
-    case RC_MSG_MODEL_BEGIN: return handle_model_begin(r, &msg->u.model_begin);
+    case RC_MSG_MODEL_BEGIN: return handle_model_begin(r, &msg->u.model_begin, detail);
     case RC_MSG_MODEL_CHUNK: return handle_model_chunk(r, &msg->u.model_chunk);
     case RC_MSG_MODEL_END: return handle_model_end(r, &msg->u.model_end);
     case RC_MSG_CONFIGURE: return handle_configure(r, &msg->u.configure, detail);
