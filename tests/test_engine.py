@@ -15,7 +15,9 @@ import pytest
 from engine_models.fixtures import TARGETS, engine_dir, residual_exports, saturating_exports, zoo_exports  # noqa: F401
 from harness.ppq.reference import one_thread
 from harness.emulator.check import MATCH, MISMATCH, check
-from harness.emulator.engine import Engine, EngineError, lut16_index, unpack_filter
+from harness.emulator.engine import Engine, EngineError
+from harness.emulator.ops.activation import lut16_index
+from harness.emulator.ops.conv import unpack_filter
 from harness.espdl.reader import EspdlModel, Node, Tensor, TensorInfo, load_espdl
 from harness.model.frames import generate_frames
 from harness.espdl.lint import Finding, lint_model

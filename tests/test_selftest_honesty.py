@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import harness.emulator.engine as engine_module
+from harness.emulator import ops
+from harness.emulator.ops.conv import build_conv
 from engine_models.fixtures import engine_dir, residual_exports  # noqa: F401
 from harness.emulator.check import check
 from harness.espdl.reader import load_espdl
@@ -17,7 +18,7 @@ from harness.espdl.reader import load_espdl
 
 def _wrong_and_saturated(monkeypatch, victim: str):
     """Plant an engine whose ``victim`` conv adds 1 to its result and reports one saturation."""
-    build = engine_module._build_conv
+    build = build_conv
 
     def planted(eng, node):
         plan = build(eng, node)
@@ -28,7 +29,7 @@ def _wrong_and_saturated(monkeypatch, victim: str):
         plan.saturations = lambda: 1
         return plan
 
-    monkeypatch.setitem(engine_module._BUILDERS, "Conv", planted)
+    monkeypatch.setitem(ops.BUILDERS, "Conv", planted)
 
 
 def test_a_wrong_result_with_a_reported_saturation_fails_the_self_test(tiny, monkeypatch):

@@ -55,7 +55,9 @@ ESP_DL_SEMANTICS = "esp-dl 3.3.9 integer semantics (emulated)"
 
 def build_id() -> str:
     """Identifies the emulator build: a digest of the code that decides what it computes."""
-    h = hashlib.sha256(code_digest("harness.emulator.engine", "harness.emulator.scheduler", "harness.emulator.virtual_board",
+    from harness.emulator.engine import SOURCES
+
+    h = hashlib.sha256(code_digest(*SOURCES, "harness.emulator.scheduler", "harness.emulator.virtual_board",
                                    "harness.device.protocol", "harness.targets").encode())
     return "virtual-" + h.hexdigest()[:16]
 

@@ -207,7 +207,9 @@ def check_frame_rate(model: EspdlModel, target, window: int, output: str, layout
 _RAW_VERBS = {
     "Add": "adds", "Sub": "subtracts", "Concat": "concatenates", "Slice": "copies", "Transpose": "copies",
     "Reshape": "copies", "Squeeze": "copies", "Unsqueeze": "copies", "Flatten": "copies", "Pad": "copies",
-    "MaxPool": "copies", "StreamingCache": "copies", "Identity": "copies",
+    "MaxPool": "copies", "StreamingCache": "copies", "Identity": "copies", "Split": "copies", "Gather": "copies",
+    "DepthToSpace": "copies", "SpaceToDepth": "copies", "Neg": "negates", "ReduceMax": "copies the largest of",
+    "ReduceMin": "copies the smallest of",
 }
 _DENSE_OPS = {"Conv", "Gemm", "MatMul"}
 _QACC_LIMIT = (1 << 19) - 1
@@ -245,10 +247,12 @@ def _exponents(model: EspdlModel, name: str) -> tuple[int, ...] | None:
 
 
 def _raw_copy_findings(model: EspdlModel, node) -> list[Finding]:
-    out = node.outputs[0] if node.outputs else None
-    e_out = _exponents(model, out) if out else None
-    if e_out is None:
+    outs = [o for o in node.outputs if _exponents(model, o) is not None]
+    if not outs:
         return []
+    # Split has several outputs: the first whose exponent differs from the input's speaks for the node
+    out = next((o for o in outs if _exponents(model, o) != _exponents(model, node.inputs[0])), outs[0])
+    e_out = _exponents(model, out)
     operands = node.inputs[:2] if node.op_type in ("Add", "Sub") else (
         node.inputs if node.op_type == "Concat" else node.inputs[:1])
     verb = _RAW_VERBS[node.op_type]
@@ -268,7 +272,7 @@ def _raw_copy_findings(model: EspdlModel, node) -> list[Finding]:
 
 
 def _dense_findings(model: EspdlModel, node, target) -> list[Finding]:
-    from harness.emulator.engine import unpack_filter
+    from harness.emulator.ops.conv import unpack_filter
 
     findings = []
     acts = [n for n in node.inputs if n and n not in model.initializers]

@@ -25,12 +25,14 @@ import numpy as np
 
 from harness.model.frames import Frames
 from harness.ppq.quantize import exclusive, file_sha256
+from harness.emulator.engine import SOURCES as ENGINE_SOURCES
 from harness.resources import code_digest
 from harness.tensors import QTensor
 
 # The harness code a derived result follows besides the quantized model (whose key covers quantize.py).
 SOURCES = ("harness.ppq.derived", "harness.ppq.reference", "harness.ppq.streaming", "harness.ppq.fidelity",
-           "harness.espdl.lint", "harness.espdl.reader", "harness.ppq.env", "harness.targets", "harness.ppq.export_repairs")
+           "harness.espdl.lint", "harness.espdl.reader", "harness.ppq.env", "harness.targets", "harness.ppq.export_repairs",
+           *ENGINE_SOURCES)  # the lint runs the engine's filter unpacking
 
 
 def cached_reference(qm, frames: Frames) -> list[QTensor]:

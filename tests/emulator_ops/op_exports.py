@@ -1,0 +1,85 @@
+"""One-operator ONNX models, quantized and exported by ESP-PPQ with embedded test values, memoized per session.
+
+Each operator family's test (``test_ops_<family>.py``) builds its graphs with ``graph()`` and checks every
+export with ``harness.emulator.check``: the engine must give ESP-PPQ's values for the chip (int8 exactly,
+int16 within ESP-DL's own ``Model::test()`` tolerance of one LSB).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+TARGETS = ("esp32p4", "esp32s3")
+BITS = (8, 16)
+_MEMO: dict = {}
+
+
+def graph(name: str, inputs: dict[str, list[int]], outputs: list[str], nodes: list, constants: dict | None = None,
+          opset: int = 13) -> onnx.ModelProto:
+    """An ONNX model of ``nodes`` with float inputs ``name -> shape``, int64/float constants and named outputs."""
+    initializers = [numpy_helper.from_array(np.asarray(v), k) for k, v in (constants or {}).items()]
+    g = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in inputs.items()],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
+        initializers,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def export(model: onnx.ModelProto, target: str, bits: int, directory: Path, seed: int = 0) -> Path:
+    """ESP-PPQ's ``espdl_quantize_onnx`` of ``model`` with test values for its outputs (memoized by file)."""
+    path = directory / f"{model.graph.name}-{target}-int{bits}.espdl"
+    if path not in _MEMO:
+        _MEMO[path] = _export(model, target, bits, path, seed)
+    return _MEMO[path]
+
+
+def _export(model: onnx.ModelProto, target: str, bits: int, path: Path, seed: int) -> Path:
+    import torch
+    from esp_ppq.api import espdl_quantize_onnx
+
+    from harness.ppq.env import ppq_call
+    from harness.ppq.reference import one_thread
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.with_suffix(".onnx")
+    onnx.save(model, str(source))
+    shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw():
+        return [torch.randn(s, generator=gen) for s in shapes]
+
+    calib = [draw() for _ in range(4)]
+    test = draw()
+    one = len(shapes) == 1
+    with one_thread(), ppq_call(f"quantize {path.stem}", path.with_suffix(".quantize.log")):
+        espdl_quantize_onnx(
+            onnx_import_file=str(source), espdl_export_file=str(path),
+            calib_dataloader=[c[0] if one else c for c in calib], calib_steps=len(calib),
+            input_shape=shapes[0] if one else shapes, inputs=test, target=target, num_of_bits=bits,
+            device="cpu", error_report=False, export_test_values=True, verbose=0,
+        )
+    return path
+
+
+def exact_or_within_one(path: Path, target: str, bits: int, op_types: set[str]):
+    """Check ``path`` with the engine; its ops include ``op_types``; int8 exact, int16 within one LSB."""
+    from harness.emulator.check import MATCH, check
+    from harness.espdl.reader import load_espdl
+
+    model = load_espdl(path)
+    assert op_types <= {n.op_type for n in model.nodes}, f"{path.name}: {[n.op_type for n in model.nodes]}"
+    report = check(model, target)
+    compared = [r for r in report.results if r.verdict in (MATCH, "MISMATCH")]
+    assert compared, "nothing compared"
+    assert report.passed, "\n".join(report.lines())
+    assert max(r.max_diff for r in compared) <= (0 if bits == 8 else 1), "\n".join(report.lines())
+    return model, report
