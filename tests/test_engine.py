@@ -201,6 +201,15 @@ def test_filters_unpack_as_esp_ppq_packs_them(n, c, kh, kw, group, bits):
         assert layout.startswith(f"(N/{16 if bits == 8 else 8})")
         got = unpack_filter(packed, layout, n, c, kh, kw, group != 1, "test")
         assert np.array_equal(got, weight.reshape(n, c, kh, kw))
+        # older exporters spell "(N/16)HWC16_UNALIGNED" as "N16HWC16_UNALIGNED" (ESP-DL never reads the string)
+        older = layout.replace("(N/", "N").replace(")", "")
+        assert np.array_equal(unpack_filter(packed, older, n, c, kh, kw, group != 1, "test"), got)
+
+
+@pytest.mark.parametrize("layout", ["N16HWC8", "N16HW16", "X16HWC16", "(N/x)HWC16"])
+def test_unknown_filter_layouts_are_refused(layout):
+    with pytest.raises(EngineError, match="unknown filter layout"):
+        unpack_filter(np.zeros(16, np.int8), layout, 16, 1, 1, 1, False, "test")
 
 
 # bias near +2^19, then three products of +16129 and three of -16129 (filter order): the chip's 20-bit lane

@@ -677,3 +677,54 @@ def test_cli_reports_malformed_file(malformed: dict[str, tuple[bytes, str]], tmp
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(str(path)) and "AES-128-CTR" in lines[0]
+
+
+def _edl1_with_typed_scalars(tmp_path: Path) -> Path:
+    """An EDL1 file (older exporter) whose scalar initializers sit in ONNX's typed fields, raw_data empty."""
+    import flatbuffers
+
+    from harness.espdl.reader import _flatc
+
+    dl = {name: __import__(_flatc(name).__module__, fromlist=["_"]) for name in ("Tensor", "Graph", "Model")}
+    b = flatbuffers.Builder(256)
+
+    def scalar(name: str, data_type: int, field: str, value, kind) -> int:
+        name_off = b.CreateString(name)
+        getattr(dl["Tensor"], f"TensorStart{field}Vector")(b, 1)
+        kind(b, value)
+        values = b.EndVector()
+        dl["Tensor"].TensorStartDimsVector(b, 1)
+        b.PrependInt64(1)
+        dims = b.EndVector()
+        dl["Tensor"].TensorStart(b)
+        dl["Tensor"].TensorAddName(b, name_off)
+        dl["Tensor"].TensorAddDims(b, dims)
+        dl["Tensor"].TensorAddDataType(b, data_type)
+        getattr(dl["Tensor"], f"TensorAdd{field}")(b, values)
+        return dl["Tensor"].TensorEnd(b)
+
+    tensors = [scalar("scale", 1, "FloatData", 0.03125, flatbuffers.Builder.PrependFloat32),
+               scalar("zero", 3, "Int32Data", -3, flatbuffers.Builder.PrependInt32),
+               scalar("axis", 7, "Int64Data", 2, flatbuffers.Builder.PrependInt64)]
+    graph_name = b.CreateString("typed")
+    dl["Graph"].GraphStartInitializerVector(b, len(tensors))
+    for t in reversed(tensors):
+        b.PrependUOffsetTRelative(t)
+    inits = b.EndVector()
+    dl["Graph"].GraphStart(b)
+    dl["Graph"].GraphAddName(b, graph_name)
+    dl["Graph"].GraphAddInitializer(b, inits)
+    graph = dl["Graph"].GraphEnd(b)
+    dl["Model"].ModelStart(b)
+    dl["Model"].ModelAddGraph(b, graph)
+    b.Finish(dl["Model"].ModelEnd(b))
+    body = bytes(b.Output())
+    path = tmp_path / "typed.espdl"
+    path.write_bytes(b"EDL1" + struct.pack("<II", 0, len(body)) + body)
+    return path
+
+
+def test_scalars_of_older_exports_are_read_from_onnx_typed_fields(tmp_path: Path) -> None:
+    model = load_espdl(_edl1_with_typed_scalars(tmp_path))
+    values = {name: (t.dtype, t.data.tolist()) for name, t in model.initializers.items()}
+    assert values == {"scale": ("float32", [0.03125]), "zero": ("int8", [-3]), "axis": ("int64", [2])}

@@ -196,6 +196,23 @@ def _raw_bytes(tensor: Any) -> tuple[bytes, int, int]:
     return compat.table_vector(compat.flatbuffers_table(tensor), _TENSOR_RAW_DATA_SLOT, 16)
 
 
+# ONNX's typed value fields: which one holds a tensor of each numpy kind (int8/int16/bool go in int32_data)
+_TYPED_FIELDS = {"f": ("FloatDataLength", "FloatDataAsNumpy"), "i": ("Int32DataLength", "Int32DataAsNumpy"),
+                 "b": ("Int32DataLength", "Int32DataAsNumpy"), "u": ("Uint64DataLength", "Uint64DataAsNumpy")}
+
+
+def _typed_data(t: Any, dtype: np.dtype, count: int) -> np.ndarray | None:
+    """The values of a tensor written to ONNX's typed fields instead of raw_data, or None."""
+    length, values = _TYPED_FIELDS.get(dtype.kind, (None, None))
+    if dtype == np.int64:
+        length, values = "Int64DataLength", "Int64DataAsNumpy"
+    elif dtype == np.float64:
+        length, values = "DoubleDataLength", "DoubleDataAsNumpy"
+    if length is None or getattr(t, length)() != count:
+        return None
+    return np.asarray(getattr(t, values)()).astype(dtype)
+
+
 def _tensor(t: Any, where: str) -> Tensor:
     name = _str(t.Name())
     what = f"{where} tensor {name!r}"
@@ -205,12 +222,16 @@ def _tensor(t: Any, where: str) -> Tensor:
     dtype = np.dtype(_dtype(t.DataType(), what)).newbyteorder("<")
     count = math.prod(dims)
     buf, start, length = _raw_bytes(t)
-    if count * dtype.itemsize > length:
+    typed = _typed_data(t, dtype, count) if length == 0 and count else None
+    if typed is not None:  # an older exporter's scalar in ONNX's typed fields (int32_data, float_data, ...)
+        data = typed.reshape(dims)
+    elif count * dtype.itemsize > length:
         raise EspdlFormatError(
             f"{what} needs {count * dtype.itemsize} bytes for dims {dims} but raw_data holds {length}",
             _FIX_REEXPORT,
         )
-    data = np.frombuffer(buf, dtype=dtype, count=count, offset=start).reshape(dims)
+    else:
+        data = np.frombuffer(buf, dtype=dtype, count=count, offset=start).reshape(dims)
     doc = _str(t.DocString())
     return Tensor(
         name=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,10 @@ def unpack_filter(data: np.ndarray, layout: str, n: int, c: int, kh: int, kw: in
     if flat.size != n * c * kh * kw:
         raise EngineError(f"{where}: filter has {flat.size} values, expected {n}x{c}x{kh}x{kw}",
                           "re-export the model with esp-ppq")
-    if layout.startswith("(N/"):
+    older = re.fullmatch(r"N(\d+)H?WC\1(_UNALIGNED)?", layout)  # older exporters' spelling of "(N/16)HWC16"...
+    if layout.startswith("(N/") or older:
         try:
-            align = int(layout[3:layout.index(")")])
+            align = int(older.group(1)) if older else int(layout[3:layout.index(")")])
         except ValueError:
             raise EngineError(f"{where}: unknown filter layout {layout!r}", "re-export the model with esp-ppq") from None
         order = _packed_order(n, c, kh, kw, align, depthwise)
