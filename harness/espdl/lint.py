@@ -230,7 +230,7 @@ class Finding:
 # Kinds that make the chip's result differ from ESP-PPQ's test values (a mismatch downstream is explained).
 DISAGREEMENT_KINDS = {
     "exponent-mismatch", "s3-saturation", "avgpool-pad", "pool-ceil-mode", "negative-shift", "s3-bias-range",
-    "bias-exponent", "grouped-conv", "lut-exponent", "avgpool-reciprocal", "input-requantized",
+    "bias-exponent", "grouped-conv", "lut-exponent", "avgpool-reciprocal", "input-requantized", "matmul-native-kn",
 }
 # Of those, the kinds where the chip's result stays within one LSB of ESP-PPQ's at that op.
 ONE_LSB_KINDS = {"avgpool-reciprocal", "input-requantized"}
@@ -244,6 +244,21 @@ def _exponents(model: EspdlModel, name: str) -> tuple[int, ...] | None:
     if t is not None and t.exponents:
         return tuple(int(e) for e in t.exponents)
     return None
+
+
+def _packing_moves(model: EspdlModel, node) -> bool:
+    """Whether reading MatMul ``node``'s right-hand activation as a packed filter moves any of its elements."""
+    from harness.emulator.ops.conv import unpack_filter
+
+    info = model.tensor_info(node.inputs[1]) if len(node.inputs) > 1 else None
+    if info is None or len(info.shape) < 2 or node.inputs[1] in model.initializers:
+        return False
+    c, n = info.shape[-2:]
+    align = 16 if info.dtype == "int8" else 8
+    layout = f"(N/{align})HWC{align}" + ("_UNALIGNED" if n % align else "")
+    order = np.arange(c * n).reshape(c, n)  # row-major [C, N]: element k holds the value k
+    read = unpack_filter(order, layout, n, c, 1, 1, False, node.name)[:, :, 0, 0].T
+    return not np.array_equal(read, order)
 
 
 def _raw_copy_findings(model: EspdlModel, node) -> list[Finding]:
@@ -378,6 +393,13 @@ def lint_model(model: EspdlModel, target) -> list[Finding]:
                     f"Mul {node.name}: output exponent {eo[0]} < {e0[0]} + {e1[0]}; the chip's SIMD kernel cannot "
                     f"shift left, ESP-PPQ computes it exactly",
                 ))
+        if op == "MatMul" and node.attributes.get("input1_layout") == "native_kn" and _packing_moves(model, node):
+            findings.append(Finding(
+                node.name, "matmul-native-kn",
+                f"MatMul {node.name}: ESP-PPQ marks its right-hand activation input1_layout=native_kn and leaves it "
+                f"row-major, but ESP-DL 3.3.9 reads it as a packed (N/align)HWC(align) filter (it has no such "
+                f"attribute): the chip multiplies by permuted columns, ESP-PPQ by the right ones",
+            ))
         if op in ("AveragePool", "MaxPool", "GlobalAveragePool"):
             a = node.attributes
             if int(a.get("ceil_mode", 0) or 0):

@@ -286,12 +286,15 @@ def out_shape(x: np.ndarray, two_d: bool, oh: int, ow: int, n: int) -> tuple[int
 
 @builds('Gemm', 'MatMul')
 def build_dense(eng: Engine, node: Node) -> Plan:
-    """Gemm (constant B, optional bias) and MatMul with a constant B: ESP-DL's 1x1 conv kernel."""
+    """Gemm (constant B, optional bias) and MatMul with a constant B: ESP-DL's 1x1 conv kernel (MatMul of two
+    activations: ``_build_activation_matmul``)."""
     acts, consts = eng.operands(node)
     where = f"{node.op_type} {node.name!r}"
+    if node.op_type == "MatMul" and len(acts) == 2:
+        return _build_activation_matmul(eng, node)
     if len(acts) != 1 or len(consts) < 2 or consts[1] is None or consts[0] is not None:
-        raise EngineError(f"{where}: only an activation times a constant matrix is emulated",
-                          "export the right-hand operand as a parameter (e.g. nn.Linear / a constant weight)")
+        raise EngineError(f"{where}: only an activation times a constant matrix (or two activations, MatMul) is "
+                          "emulated", "export the right-hand operand as a parameter (e.g. nn.Linear / a constant weight)")
     a = node.attributes
     if node.op_type == "Gemm" and (int(a.get("transA", 0) or 0) not in (0, -1) or int(a.get("transB", 0) or 0) not in (0, -1)):
         raise EngineError(f"{where} has transA/transB set", "ESP-DL runs Gemm with transA = transB = 0")
@@ -330,6 +333,9 @@ def build_dense(eng: Engine, node: Node) -> Plan:
         if x.shape[-1] != c:
             raise EngineError(f"{where}: input {list(x.shape)} has {x.shape[-1]} features, the weight takes {c}",
                               "feed the model's feature count")
+        vector = x.ndim == 1 and bool(wshape)  # a 1-D left operand: one row, dropped again (ONNX MatMul)
+        if vector:
+            x = x.reshape(1, c)
         sat = 0
         if not wshape:
             total, sat = matmul_accumulate(x.reshape(-1, c), plans[0][0], plans[0][1], plans[0][2])
@@ -344,7 +350,7 @@ def build_dense(eng: Engine, node: Node) -> Plan:
                 parts.append(t)
                 sat += s
             total = np.stack(parts)
-            out_shape = (*lead, x.shape[-2], n)
+            out_shape = (*lead, n) if vector else (*lead, x.shape[-2], n)
         state["sat"] = sat
         y = shift(total)
         if relu:
@@ -352,3 +358,59 @@ def build_dense(eng: Engine, node: Node) -> Plan:
         return [saturate(y, out_type).reshape(out_shape)]
 
     return Plan(node, tuple(acts), node.outputs, run, saturations=lambda: state["sat"])
+
+
+def _build_activation_matmul(eng: Engine, node: Node) -> Plan:
+    """MatMul of two activations (dl_module_matmul.hpp): each [C, N] slice of B is the filter of ESP-DL's 1x1 conv
+    kernel at run time, per-tensor exponents, no bias; ONNX's broadcasting of the leading dims and 1-D operands.
+
+    The kernel reads B's memory as a packed ``(N/16)HWC16`` filter (``(N/8)`` at 16 bits), so exporters put B in
+    that order first (ESP-PPQ's Reshape/Transpose packing). ESP-PPQ 1.3.12 marks B ``input1_layout=native_kn`` and
+    leaves it row-major instead, an attribute ESP-DL 3.3.9 does not read: the chip then multiplies by permuted
+    columns, as the engine does (``harness.espdl.lint``: ``matmul-native-kn``).
+    """
+    where = f"{node.op_type} {node.name!r}"
+    a = node.attributes
+    if a.get("activation", "Linear") not in ("Linear", "Relu", "ReLU"):
+        raise EngineError(f"{where} has fused activation {a.get('activation')!r}", "re-export with esp-ppq")
+    relu = a.get("activation", "Linear") in ("Relu", "ReLU")
+    bits = eng.bits(node)
+    out_type = eng.out_type(node)
+    e0, e1 = (eng.tensor_exponent(name, node) for name in node.inputs[:2])
+    shift = eng.target.shifter(eng.tensor_exponent(node.outputs[0], node) - e0 - e1)
+    align = 16 if bits == 8 else 8
+    state = {"sat": 0}
+
+    def run(x0, x1):
+        left, right = x0.ndim == 1, x1.ndim == 1
+        a0 = x0.reshape(1, -1) if left else x0
+        a1 = x1.reshape(-1, 1) if right else x1
+        if a0.shape[-1] != a1.shape[-2]:
+            raise EngineError(f"{where}: cannot multiply {list(x0.shape)} by {list(x1.shape)}",
+                              "feed the shapes the model was exported for")
+        lead = np.broadcast_shapes(a0.shape[:-2], a1.shape[:-2])
+        b0 = np.broadcast_to(a0, (*lead, *a0.shape[-2:])).reshape(-1, *a0.shape[-2:])
+        b1 = np.broadcast_to(a1, (*lead, *a1.shape[-2:])).reshape(-1, *a1.shape[-2:])
+        parts, sat = [], 0
+        c, n = a1.shape[-2:]
+        layout = f"(N/{align})HWC{align}" + ("_UNALIGNED" if n % align else "")
+        for m, w in zip(b0, b1):
+            # the conv kernel reads B's memory as a packed filter (what ESP-PPQ's older exports packed it into)
+            wmat = np.ascontiguousarray(unpack_filter(w, layout, n, c, 1, 1, False, where)[:, :, 0, 0].T)  # [C, N]
+            acc = make_acc(eng.target, bits, np.zeros(wmat.shape[1], np.int64), wmat.T, False)
+            total, hit = matmul_accumulate(m, wmat, wmat.astype(np.float64), acc)
+            parts.append(total)
+            sat += hit
+        state["sat"] = sat
+        y = shift(np.stack(parts).reshape(*lead, a0.shape[-2], a1.shape[-1]))
+        if relu:
+            y = np.maximum(y, 0)
+        if left:
+            y = y[..., 0, :]
+        if right:
+            y = y[..., 0]
+        if left and right:  # ESP-DL's output of a dot product has shape [1]
+            y = y.reshape(1)
+        return [saturate(y, out_type)]
+
+    return Plan(node, tuple(node.inputs[:2]), node.outputs, run, saturations=lambda: state["sat"])
