@@ -36,6 +36,7 @@ from harness.targets import Target, get_target
 
 MATCH, MISMATCH, ABSENT, INPUT = "match", "MISMATCH", "absent", "input"
 _TOLERANCE = {"int8": 0, "int16": 1}  # Model::test(): eps 2e-5 (int8), 1 + 1e-5 (int16)
+FLOAT_TOLERANCE = 2e-5  # Model::test()'s epsilon for every type but int16, so for float32 outputs (Softmax)
 # Static findings that may excuse their own op's mismatch: the chip computes something else there.
 EXCUSING_KINDS = DISAGREEMENT_KINDS | {"s3-accumulator"}
 
@@ -45,7 +46,7 @@ class Difference:
     """One computed tensor against its embedded test value."""
 
     verdict: str  # MATCH or MISMATCH
-    max_diff: int = 0
+    max_diff: int | float = 0  # LSB; a float32 tensor's absolute difference
     differing: int = 0
     size: int = 0
     reason: str = ""  # what differs (dtype, shape or exponent) when not the values
@@ -57,7 +58,7 @@ class TensorResult:
 
     name: str
     verdict: str  # match, MISMATCH, absent (not in the exported graph), input (a graph input: never checked)
-    max_diff: int = 0
+    max_diff: int | float = 0  # LSB; a float32 tensor's absolute difference
     differing: int = 0
     size: int = 0
     reason: str = ""
@@ -240,6 +241,13 @@ def _compare(got: np.ndarray, expected, exponent: int) -> Difference:
         return Difference(MISMATCH, 0, size, size, f"shape {list(got.shape)}, test value {list(want.shape)}")
     if tuple(expected.exponents[:1]) != (exponent,):
         return Difference(MISMATCH, 0, size, size, f"exponent {exponent}, test value {list(expected.exponents)}")
+    if want.dtype.kind == "f":  # Model::test(): |a - b| <= 2e-5, NaN equals NaN only
+        both_nan = np.isnan(got) & np.isnan(want)
+        diff = np.where(both_nan, 0.0, np.abs(got.astype(np.float64) - want.astype(np.float64)))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        differing = int(np.count_nonzero(diff > FLOAT_TOLERANCE))
+        max_diff = float(diff.max()) if diff.size else 0.0
+        return Difference(MATCH if differing == 0 else MISMATCH, max_diff, differing, size)
     diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
     tol = _TOLERANCE.get(str(want.dtype), 0)
     differing = int(np.count_nonzero(diff > tol))

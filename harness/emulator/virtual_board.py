@@ -306,6 +306,9 @@ class Board:
             probe = engine.run({i.name: np.zeros(i.shape, dtype=i.dtype) for i in engine.inputs})[mc.output]
             engine.reset()
             frames, channels = _output_geometry(k, k == last, mc, probe.shape, m.window)
+            if probe.dtype not in (np.int8, np.int16):  # as the firmware's element_bits(): int8/int16 only
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: output '{mc.output}' is {probe.dtype}: the runner "
+                                 f"streams int8/int16 outputs only (end the module before a Softmax, or quantize it)")
             runtime = ModuleRuntime(engine, mc, tuple(info_in.shape), frames, channels, 8 if probe.dtype == np.int8 else 16)
             runtimes.append(runtime)
             bits = 8 if info_in.dtype == "int8" else 16

@@ -81,5 +81,6 @@ def exact_or_within_one(path: Path, target: str, bits: int, op_types: set[str]):
     compared = [r for r in report.results if r.verdict in (MATCH, "MISMATCH")]
     assert compared, "nothing compared"
     assert report.passed, "\n".join(report.lines())
-    assert max(r.max_diff for r in compared) <= (0 if bits == 8 else 1), "\n".join(report.lines())
+    integers = [r for r in compared if isinstance(r.max_diff, int)]  # float32 outputs: Model::test()'s 2e-5
+    assert max((r.max_diff for r in integers), default=0) <= (0 if bits == 8 else 1), "\n".join(report.lines())
     return model, report
