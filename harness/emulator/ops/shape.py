@@ -250,3 +250,88 @@ def build_space_to_depth(eng: Engine, node: Node) -> Plan:
         return [np.ascontiguousarray(y.reshape(n, h // block, w // block, c * block * block))]
 
     return Plan(node, (node.inputs[0],), node.outputs, run)
+
+
+def _constant_or_input(eng: Engine, node: Node, index: int):
+    """Input ``index``: its constant data, or None when it is an activation (read at run time)."""
+    t = eng.const(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] else None
+    return None if t is None else np.asarray(t.data)
+
+
+@builds("ReverseSequence")
+def build_reverse_sequence(eng: Engine, node: Node) -> Plan:
+    """``dl_module_reverse_sequence.hpp``: for each batch index b, the first ``lens[b]`` steps along the time axis
+    swapped end for end, each step a run of ``prod(shape[2:])`` contiguous elements (as the C loop copies them)."""
+    lens_const = _constant_or_input(eng, node, 1)
+    batch_axis = int(node.attributes.get("batch_axis", 1))
+    time_axis = int(node.attributes.get("time_axis", 0))
+    acts = (node.inputs[0],) if lens_const is not None else tuple(node.inputs[:2])
+
+    def run(x, *rest):
+        lens = lens_const if lens_const is not None else rest[0]
+        strides = [int(np.prod(x.shape[i + 1:])) for i in range(x.ndim)]
+        feature = int(np.prod(x.shape[2:]))
+        out = x.copy().reshape(-1)
+        for b in range(x.shape[batch_axis]):
+            n = int(lens.reshape(-1)[b])
+            base = b * strides[batch_axis]
+            for t in range(n // 2):
+                p1, p2 = base + t * strides[time_axis], base + (n - 1 - t) * strides[time_axis]
+                out[p1:p1 + feature], out[p2:p2 + feature] = out[p2:p2 + feature].copy(), out[p1:p1 + feature].copy()
+        return [out.reshape(x.shape)]
+
+    return Plan(node, acts, node.outputs, run)
+
+
+@builds("ScatterND")
+def build_scatter_nd(eng: Engine, node: Node) -> Plan:
+    """``dl_module_scatter_nd.hpp``: the raw integers of each update slice written (or combined: add and mul
+    saturated, max, min, on the raw integers whatever their exponents) at the flat offset of its index."""
+    reduction = node.attributes.get("reduction") or "none"
+    index_const = _constant_or_input(eng, node, 1)
+    acts = tuple(n for k, n in enumerate(node.inputs[:3]) if not (k == 1 and index_const is not None))
+    if eng.const(node.inputs[0]) is not None or eng.const(node.inputs[2]) is not None:
+        acts = tuple(n for n in node.inputs[:3] if eng.const(n) is None)
+    fixed = [_constant_or_input(eng, node, k) for k in range(3)]
+
+    def run(*args):
+        it = iter(args)
+        data, indices, updates = (f if f is not None else next(it) for f in fixed)
+        out = data.copy().reshape(-1)
+        nd = indices.shape[-1]
+        strides = [int(np.prod(data.shape[i + 1:])) for i in range(data.ndim)]
+        slice_size = int(np.prod(data.shape[nd:]))
+        flat_updates = updates.reshape(-1)
+        lo, hi = (-128, 127) if data.dtype == np.int8 else (-32768, 32767)
+        for k, index in enumerate(indices.reshape(-1, nd).astype(np.int64)):
+            at = int(sum(int(i) * s for i, s in zip(index, strides)))
+            if at < 0 or at + slice_size > out.size:
+                raise EngineError(f"ScatterND {node.name!r}: index {index.tolist()} is outside {list(data.shape)} "
+                                  "(ESP-DL does not wrap negative indices)", "use indices within the data's shape")
+            cur = out[at:at + slice_size].astype(np.int64)
+            upd = flat_updates[k * slice_size:(k + 1) * slice_size].astype(np.int64)
+            new = {"add": cur + upd, "mul": cur * upd, "max": np.maximum(cur, upd),
+                   "min": np.minimum(cur, upd)}.get(reduction, upd)
+            out[at:at + slice_size] = np.clip(new, lo, hi)
+        return [out.reshape(data.shape)]
+
+    return Plan(node, acts, node.outputs, run)
+
+
+@builds("InsertZeros")
+def build_insert_zeros(eng: Engine, node: Node) -> Plan:
+    """``dl_module_insert_zeros.hpp`` (the first half of an exported ConvTranspose): the NHWC input spread over a
+    zero tensor with ``stride - 1`` zeros between neighbours and ``output_padding`` zeros after the last."""
+    stride = [int(v) for v in (node.attributes.get("strides") or node.attributes.get("stride") or [1])]
+    padding = [int(v) for v in (node.attributes.get("output_padding") or [0])]
+
+    def run(x):
+        spatial = x.ndim - 2
+        s = stride * spatial if len(stride) == 1 else stride
+        op = padding * spatial if len(padding) == 1 else padding
+        shape = [x.shape[0], *(d + (k - 1) * (d - 1) + o for d, k, o in zip(x.shape[1:-1], s, op)), x.shape[-1]]
+        out = np.zeros(shape, dtype=x.dtype)
+        out[(slice(None), *(slice(0, (d - 1) * k + 1, k) for d, k in zip(x.shape[1:-1], s)), slice(None))] = x
+        return [out]
+
+    return Plan(node, (node.inputs[0],), node.outputs, run)
