@@ -231,6 +231,7 @@ class Finding:
 DISAGREEMENT_KINDS = {
     "exponent-mismatch", "s3-saturation", "avgpool-pad", "pool-ceil-mode", "negative-shift", "s3-bias-range",
     "bias-exponent", "grouped-conv", "lut-exponent", "avgpool-reciprocal", "input-requantized", "matmul-native-kn",
+    "prelu-slopes",
 }
 # Of those, the kinds where the chip's result stays within one LSB of ESP-PPQ's at that op.
 ONE_LSB_KINDS = {"avgpool-reciprocal", "input-requantized"}
@@ -392,6 +393,16 @@ def lint_model(model: EspdlModel, target) -> list[Finding]:
                     node.name, "negative-shift",
                     f"Mul {node.name}: output exponent {eo[0]} < {e0[0]} + {e1[0]}; the chip's SIMD kernel cannot "
                     f"shift left, ESP-PPQ computes it exactly",
+                ))
+        if op == "PRelu" and not node.attributes.get("lut") and len(node.inputs) > 1:
+            info, slope = model.tensor_info(node.inputs[0]), model.initializers.get(node.inputs[1])
+            if info is not None and slope is not None and len(info.shape) == 4 and slope.data.size > 1 \
+                    and slope.data.size != info.shape[3]:
+                findings.append(Finding(
+                    node.name, "prelu-slopes",
+                    f"PRelu {node.name}: {slope.data.size} slopes but the input's last axis has {info.shape[3]} "
+                    f"(channels are not last, {list(info.shape)}); ESP-DL replaces them with copies of the first "
+                    f"slope, ESP-PPQ uses each channel's",
                 ))
         if op == "MatMul" and node.attributes.get("input1_layout") == "native_kn" and _packing_moves(model, node):
             findings.append(Finding(

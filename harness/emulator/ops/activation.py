@@ -103,6 +103,8 @@ def build_activation(eng: Engine, node: Node) -> Plan:
         raise EngineError(f"node {node.name!r} ({op}) has no lookup table", "re-export the model with esp-ppq")
     elif op in FLOAT_ACTIVATIONS:
         full = _float_activation(eng, node, bits, full_range(bits))
+    elif op == "PRelu" and bits == 16:
+        return _prelu16(eng, node, out_type)
     else:
         raise EngineError(f"node {node.name!r}: {op} at {bits} bits needs an exported lookup table",
                           "re-export the model with esp-ppq (int8 tables are exported by default)")
@@ -134,3 +136,31 @@ def build_clip(eng: Engine, node: Node) -> Plan:
     lut = saturate(full, out_type)
     offset = 1 << (bits - 1)
     return Plan(node, (node.inputs[0],), node.outputs, lambda x: [lut[x.astype(np.int64) + offset]])
+
+
+def _prelu16(eng: Engine, node: Node, out_type) -> Plan:
+    """int16 PRelu (ESP-PPQ exports no table at 16 bits): ``prelu_11c`` / ``EE.VPRELU.S16``. A non-negative input
+    is copied raw (the output exponent is not applied); a negative one is ``(x * alpha) >> s`` (an arithmetic shift,
+    no rounding) with ``s = out - in - alpha``, saturated. ``alpha`` per channel of the last axis of the
+    [N, H, W, C] input the kernel requires; slopes of another count are replaced by copies of the first (an NCHW
+    tensor's per-channel slopes on the chip: ``harness.espdl.lint``, ``prelu-slopes``)."""
+    alpha_t = eng.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if alpha_t is None:
+        raise EngineError(f"PRelu {node.name!r}: slope must be a constant", "re-export the model with esp-ppq")
+    alpha = np.asarray(alpha_t.data).reshape(-1).astype(np.int64)
+    shift = (eng.tensor_exponent(node.outputs[0], node) - eng.tensor_exponent(node.inputs[0], node)
+             - int((alpha_t.exponents or (0,))[0]))
+
+    def run(x):
+        if x.ndim != 4:  # get_activation_args reads shape[3]: a rank-3 input indexes past its shape on the chip
+            raise EngineError(f"PRelu {node.name!r} on a rank-{x.ndim} input {list(x.shape)}: ESP-DL's integer PRelu "
+                              "takes [N, H, W, C] only (it reads shape[3])",
+                              "give PRelu a 4-D input (e.g. unsqueeze to [N, C, 1, W]) or export it at 8 bits (a table)")
+        # PRelu::get_output_shape: slopes that do not match the last axis become that many copies of the first
+        slopes = alpha if alpha.size == x.shape[-1] else np.full(x.shape[-1], alpha[0])
+        wide = x.astype(np.int64)
+        product = wide * slopes
+        negative = (product >> shift) if shift >= 0 else (product << -shift)
+        return [saturate(np.where(wide < 0, negative, wide), out_type)]
+
+    return Plan(node, (node.inputs[0],), node.outputs, run)
