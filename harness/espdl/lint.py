@@ -231,10 +231,10 @@ class Finding:
 DISAGREEMENT_KINDS = {
     "exponent-mismatch", "s3-saturation", "avgpool-pad", "pool-ceil-mode", "negative-shift", "s3-bias-range",
     "bias-exponent", "grouped-conv", "lut-exponent", "avgpool-reciprocal", "input-requantized", "matmul-native-kn",
-    "prelu-slopes",
+    "prelu-slopes", "resize-linear",
 }
 # Of those, the kinds where the chip's result stays within one LSB of ESP-PPQ's at that op.
-ONE_LSB_KINDS = {"avgpool-reciprocal", "input-requantized"}
+ONE_LSB_KINDS = {"avgpool-reciprocal", "input-requantized", "resize-linear"}
 
 
 def _exponents(model: EspdlModel, name: str) -> tuple[int, ...] | None:
@@ -245,6 +245,21 @@ def _exponents(model: EspdlModel, name: str) -> tuple[int, ...] | None:
     if t is not None and t.exponents:
         return tuple(int(e) for e in t.exponents)
     return None
+
+
+def _inexact_resize(model: EspdlModel, node) -> bool:
+    """Whether a Resize's scales (or sizes over the input's) include one that is not a power of two."""
+    scales = model.initializers.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    sizes = model.initializers.get(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    info = model.tensor_info(node.inputs[0])
+    if scales is not None and scales.data.size:
+        factors = [float(v) for v in np.asarray(scales.data).reshape(-1)[2:]]
+    elif sizes is not None and info is not None:
+        spatial = info.shape[1:-1]
+        factors = [float(o) / float(i) for o, i in zip(np.asarray(sizes.data).reshape(-1)[2:], spatial) if i > 0]
+    else:
+        return True
+    return any(f <= 0 or not float(np.log2(f)).is_integer() for f in factors)
 
 
 def _packing_moves(model: EspdlModel, node) -> bool:
@@ -394,6 +409,13 @@ def lint_model(model: EspdlModel, target) -> list[Finding]:
                     f"Mul {node.name}: output exponent {eo[0]} < {e0[0]} + {e1[0]}; the chip's SIMD kernel cannot "
                     f"shift left, ESP-PPQ computes it exactly",
                 ))
+        if op == "Resize" and node.attributes.get("mode") == "linear" and _inexact_resize(model, node):
+            findings.append(Finding(
+                node.name, "resize-linear",
+                f"Resize {node.name}: linear with a scale whose inverse float32 cannot hold exactly; the chip weighs "
+                f"neighbours from (x + 0.5) * fl32(1/scale) - 0.5 in float32, ESP-PPQ (torch) from its own ratio, so "
+                f"where a value lies halfway between two integers they may round 1 LSB apart",
+            ))
         if op == "PRelu" and not node.attributes.get("lut") and len(node.inputs) > 1:
             info, slope = model.tensor_info(node.inputs[0]), model.initializers.get(node.inputs[1])
             if info is not None and slope is not None and len(info.shape) == 4 and slope.data.size > 1 \
