@@ -7,6 +7,7 @@ int16 within ESP-DL's own ``Model::test()`` tolerance of one LSB).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,22 @@ def graph(name: str, inputs: dict[str, list[int]], outputs: list[str], nodes: li
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return onnx.shape_inference.infer_shapes(model)
+
+
+def from_torch(module, input_shape: list[int], name: str) -> onnx.ModelProto:
+    """A torch module as the ONNX model ``export`` takes (ESP-PPQ fuses some patterns, e.g. RMS norms, on import)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter on purpose: it is the one ESP-PPQ's flow uses
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        torch.onnx.export(module.eval(), (torch.zeros(input_shape),), buffer, input_names=["x"], opset_version=18,
+                          dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    model.graph.name = name
+    return model
 
 
 def export(model: onnx.ModelProto, target: str, bits: int, directory: Path, seed: int = 0) -> Path:
