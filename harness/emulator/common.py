@@ -76,3 +76,50 @@ def axes_of(eng: Engine, node: Node, index: int = 1, attr: str = "axes"):
         return [int(v) for v in np.asarray(t.data).reshape(-1)]
     value = node.attributes.get(attr)
     return None if value is None else [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def libm(fn, values) -> np.ndarray:
+    """A float32 libm function (``expf``, ``logf``, ``sqrtf``, ``powf``), correctly rounded: computed in float64,
+    rounded to float32 once."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN and inf as libm gives them
+        return fn(np.asarray(values).astype(np.float64)).astype(F32)
+
+
+def in_order(values: np.ndarray, ufunc=np.add, dtype=F32) -> np.ndarray:
+    """The last axis folded one element after the other in ``dtype`` (the C loop's order), not pairwise."""
+    if values.shape[-1] == 0:
+        return np.full(values.shape[:-1], ufunc.identity, dtype=dtype)
+    return ufunc.accumulate(values.astype(dtype), axis=-1, dtype=dtype)[..., -1]
+
+
+def sqrt_newton(x: np.ndarray, node: Node) -> np.ndarray:
+    """``dl::math::sqrt_newton`` in float32: Newton steps from ``x`` until two agree within 1e-5."""
+    shape = np.shape(x)
+    x = np.asarray(x, dtype=F32).reshape(-1)
+    result = x.copy()
+    active = x != 0
+    for _ in range(200):
+        if not active.any():
+            return result.reshape(shape)
+        last = result[active]
+        new = ((last + x[active] / last) * F32(0.5)).astype(F32)
+        result[active] = new
+        still = np.abs(new - last) > F32(0.00001)
+        idx = np.flatnonzero(active)
+        active[idx[~still]] = False
+    # float32 Newton steps for a square root end on a fixed point; the bound only keeps a surprise from hanging
+    raise EngineError(f"{node.op_type} {node.name!r}: ESP-DL's sqrt_newton did not settle on {x[active][0]!r} "
+                      "within 200 steps (the chip would go on looping)",
+                      "scale the input down (a larger input exponent) so the norm stays small")
+
+
+def float_inputs(eng: Engine, node: Node, names) -> None:
+    """Refuse a node ESP-PPQ left in float32 (quant_type F32) that reads an integer tensor: ESP-DL's float code
+    reads the bytes as float32 (no DequantizeLinear was inserted before it)."""
+    for name in names:
+        info = eng.model.tensor_info(name)
+        if info is not None and info.dtype in ("int8", "int16"):
+            raise EngineError(
+                f"{node.op_type} {node.name!r} runs in float32 (quant_type F32) but reads {name!r}, an {info.dtype} "
+                "tensor, without a DequantizeLinear: the chip would read its bytes as floats",
+                "give the float op its own float input, or quantize it (ESP-PPQ dispatching)")

@@ -46,3 +46,34 @@ def test_division_by_zero_gives_the_extreme_of_the_dividends_sign(tmp_path_facto
     x1 = np.array([[0, 0, 0, 1]], np.int16)
     y = plan.fn(x0, x1)[0]
     assert y.tolist()[0][:3] == [32767, -32768, 0]
+
+
+def float_dispatched_model(shared: bool):
+    """Ops ESP-PPQ leaves in float32 (quant_type F32) inside an int8/int16 export: a square root, a logarithm and
+    a power of a float graph input. ``shared``: that input also feeds a quantized Exp, so ESP-PPQ quantizes it and
+    the float ops read integers."""
+    nodes = [helper.make_node("Sqrt", ["x"], ["sqrt"]), helper.make_node("Log", ["x"], ["log"]),
+             helper.make_node("Pow", ["x", "y"], ["pow"])]
+    outputs = ["sqrt", "log", "pow"]
+    if shared:
+        nodes.append(helper.make_node("Exp", ["x"], ["exp"]))
+        outputs.append("exp")
+    return graph(f"float_dispatched{'_shared' if shared else ''}", {"x": [1, 5, 6], "y": [1, 5, 6]}, outputs, nodes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_nodes_esp_ppq_leaves_in_float_run_esp_dls_libm_code(tmp_path_factory, bits):
+    path = export(float_dispatched_model(False), "esp32p4", bits, tmp_path_factory.getbasetemp() / "ops")
+    model = load_espdl(path)
+    floats = {n.op_type for n in model.nodes if n.attributes.get("quant_type") == "F32"}
+    assert floats == {"Sqrt", "Log", "Pow"}, "ESP-PPQ quantized a node: the test no longer covers the float path"
+    exact_or_within_one(path, "esp32p4", bits, floats)
+
+
+def test_a_float_node_reading_an_integer_tensor_is_refused(tmp_path_factory):
+    """ESP-PPQ 1.3.12 inserts no DequantizeLinear before a float32 node that reads a quantized graph input."""
+    from harness.emulator.engine import EngineError
+
+    model = load_espdl(export(float_dispatched_model(True), "esp32p4", 8, tmp_path_factory.getbasetemp() / "ops"))
+    with pytest.raises(EngineError, match="runs in float32 .* reads 'x', an int8 tensor, without a DequantizeLinear"):
+        Engine(model, "esp32p4")

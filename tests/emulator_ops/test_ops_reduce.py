@@ -8,7 +8,8 @@ from onnx import helper
 
 from op_exports import BITS, TARGETS, exact_or_within_one, export, graph
 from harness.emulator.engine import Engine
-from harness.emulator.ops.reduce import round_double, sqrt_newton
+from harness.emulator.common import sqrt_newton
+from harness.emulator.ops.reduce import round_double
 from harness.espdl.reader import Node, load_espdl
 
 OPS = ("ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",

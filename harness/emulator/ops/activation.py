@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.espdl.reader import Node
 from harness.targets import Shifter, int_range
-from harness.emulator.common import EngineError, F32, Plan, dl_scale, full_range, saturate
+from harness.emulator.common import EngineError, F32, Plan, dl_scale, float_inputs, full_range, libm, saturate
 from harness.emulator.ops import builds
 
 if TYPE_CHECKING:
@@ -77,9 +77,17 @@ def _sigmoid(t: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + e)).astype(F32)
 
 
+# ESP-DL's float32 forward of these ops is one libm call per element (dl_module_<op>.hpp, QUANT_TYPE_FLOAT32)
+_FLOAT_LIBM = {"Sqrt": np.sqrt, "Log": np.log, "Exp": np.exp}
+
+
 @builds(*sorted((LUT_AWARE_OPS | FLOAT_ACTIVATIONS) - {"Clip"}))
 def build_activation(eng: Engine, node: Node) -> Plan:
     op = node.op_type
+    if node.attributes.get("quant_type") == "F32" and op in _FLOAT_LIBM:  # dispatched to float: plain libm
+        float_inputs(eng, node, node.inputs[:1])
+        fn = _FLOAT_LIBM[op]
+        return Plan(node, (node.inputs[0],), node.outputs, lambda x: [libm(fn, np.asarray(x, dtype=F32))])
     bits = eng.bits(node)
     out_type = eng.out_type(node)
     table = eng.lut(node)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.espdl.reader import Node
-from harness.emulator.common import EngineError, F32, Plan, dl_scale, saturate
+from harness.emulator.common import EngineError, F32, Plan, dl_scale, float_inputs, saturate
 from harness.emulator.ops import builds
 
 if TYPE_CHECKING:
@@ -178,6 +178,8 @@ def build_pow_mod(eng: Engine, node: Node) -> Plan:
     acts, operands = binary_operands(eng, node)
     pow_ = node.op_type == "Pow"
     if node.attributes.get("quant_type") == "F32":  # ESP-PPQ dispatches it to float (e.g. a float exponent input)
+        float_inputs(eng, node, acts)
+
         def run_float(*args):
             a, b = (v.astype(F32) for v in operands(args))
             with np.errstate(all="ignore"):

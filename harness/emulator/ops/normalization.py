@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.emulator.common import F32, EngineError, Plan, dl_scale, saturate
+from harness.emulator.common import F32, EngineError, Plan, dl_scale, in_order, saturate, sqrt_newton
 from harness.emulator.ops import builds
-from harness.emulator.ops.reduce import sqrt_newton
 from harness.espdl.reader import Node
 
 if TYPE_CHECKING:
@@ -26,9 +25,6 @@ def _rows(x: np.ndarray, axis: int) -> np.ndarray:
     return x.reshape(int(np.prod(x.shape[:ax], dtype=np.int64)), -1)
 
 
-def _in_order(values: np.ndarray) -> np.ndarray:
-    """Float32 sum along the last axis, one element after the other."""
-    return np.add.accumulate(values.astype(F32), axis=-1, dtype=F32)[..., -1]
 
 
 def _constant(eng: Engine, node: Node, index: int):
@@ -66,7 +62,7 @@ def build_layer_norm(eng: Engine, node: Node) -> Plan:
         total = rows.astype(np.int64).sum(axis=1)  # an int in C: no row of int8/int16 here reaches 2^31
         mean = (total.astype(np.float64) / n).astype(F32)
         diff = (rows.astype(F32) - mean[:, None]).astype(F32)
-        variance = _in_order((diff * diff).astype(F32))
+        variance = in_order((diff * diff).astype(F32))
         mean_scaled = (mean * in_scale).astype(F32)
         variance = ((variance * (in_scale * in_scale)).astype(F32) / F32(n)).astype(F32)
         inv_std = (F32(1) / sqrt_newton((variance + eps).astype(F32), node)).astype(F32)
@@ -136,7 +132,7 @@ def build_lp_norm(eng: Engine, node: Node) -> Plan:
     def run(x):
         v = np.moveaxis(x, axis % x.ndim, -1)
         if p == 1:
-            norm = _in_order(np.abs(v.astype(F32)))
+            norm = in_order(np.abs(v.astype(F32)))
             inv = np.where(norm > 0, F32(1) / np.where(norm > 0, norm, F32(1)), F32(0)).astype(F32)
         else:
             norm = (v.astype(np.int64) ** 2).sum(axis=-1).astype(F32)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.espdl.reader import Node
-from harness.emulator.common import EngineError, F32, Plan, axes_of, dl_scale, saturate, wrap
+from harness.emulator.common import EngineError, F32, Plan, axes_of, dl_scale, in_order, libm, saturate, sqrt_newton, wrap
 from harness.emulator.ops import builds
 
 if TYPE_CHECKING:
@@ -87,37 +87,10 @@ def _shaped(y: np.ndarray, x: np.ndarray, ax: tuple[int, ...], keep: bool) -> np
     return y.reshape(1) if y.ndim == 0 else y
 
 
-def _in_order(values: np.ndarray, ufunc, dtype) -> np.ndarray:
-    """The last axis folded one element after the other in ``dtype`` (the C loop), not pairwise."""
-    if values.shape[-1] == 0:
-        return np.full(values.shape[:-1], ufunc.identity, dtype=dtype)
-    return ufunc.accumulate(values.astype(dtype), axis=-1, dtype=dtype)[..., -1]
 
 
-def _libm(fn, values: np.ndarray) -> np.ndarray:
-    """A float32 libm function (expf, logf), correctly rounded: computed in float64, rounded once."""
-    return fn(values.astype(np.float64)).astype(F32)
 
 
-def sqrt_newton(x: np.ndarray, node: Node) -> np.ndarray:
-    """``dl::math::sqrt_newton`` in float32: Newton steps from ``x`` until two agree within 1e-5."""
-    shape = np.shape(x)
-    x = np.asarray(x, dtype=F32).reshape(-1)
-    result = x.copy()
-    active = x != 0
-    for _ in range(200):
-        if not active.any():
-            return result.reshape(shape)
-        last = result[active]
-        new = ((last + x[active] / last) * F32(0.5)).astype(F32)
-        result[active] = new
-        still = np.abs(new - last) > F32(0.00001)
-        idx = np.flatnonzero(active)
-        active[idx[~still]] = False
-    # float32 Newton steps for a square root end on a fixed point; the bound only keeps a surprise from hanging
-    raise EngineError(f"{node.op_type} {node.name!r}: ESP-DL's sqrt_newton did not settle on {x[active][0]!r} "
-                      "within 200 steps (the chip would go on looping)",
-                      "scale the input down (a larger input exponent) so the norm stays small")
 
 
 def round_double(values: np.ndarray, rounding: str) -> np.ndarray:
@@ -162,7 +135,7 @@ def build_reduce(eng: Engine, node: Node) -> Plan:
     e_in, e_out = eng.tensor_exponent(node.inputs[0], node), eng.tensor_exponent(node.outputs[0], node)
     in_scale, out_rescale = dl_scale(e_in), dl_scale(-e_out)
     shift = eng.target.shifter(e_out - (2 * e_in if op == "ReduceSumSquare" else e_in))
-    table = _libm(np.exp, in_scale * np.arange(-128, 128, dtype=F32)) if op == "ReduceLogSumExp" else None
+    table = libm(np.exp, in_scale * np.arange(-128, 128, dtype=F32)) if op == "ReduceLogSumExp" else None
     checked: set[int] = set()
 
     def finish(v: np.ndarray) -> np.ndarray:
@@ -177,15 +150,15 @@ def build_reduce(eng: Engine, node: Node) -> Plan:
             return saturate(eng.target.round(sqrt_newton(total, node) * out_rescale), out_type)
         if op == "ReduceLogSum":
             total = _integer_sum(v, bits).astype(F32) * in_scale
-            return saturate(eng.target.round(_libm(np.log, total) * out_rescale), out_type)
+            return saturate(eng.target.round(libm(np.log, total) * out_rescale), out_type)
         if op == "ReduceLogSumExp":
-            terms = table[v.astype(np.int64) + 128] if bits == 8 else _libm(np.exp, v.astype(F32) * in_scale)
-            total = _in_order(terms, np.add, F32)
-            return saturate(eng.target.round(_libm(np.log, total) * out_rescale), out_type)
+            terms = table[v.astype(np.int64) + 128] if bits == 8 else libm(np.exp, v.astype(F32) * in_scale)
+            total = in_order(terms, np.add, F32)
+            return saturate(eng.target.round(libm(np.log, total) * out_rescale), out_type)
         factors = v.astype(F32) * in_scale  # ReduceProd
         if bits == 8:
-            return saturate(eng.target.round(_in_order(factors, np.multiply, F32) * out_rescale), out_type)
-        product = _in_order(factors, np.multiply, np.float64)
+            return saturate(eng.target.round(in_order(factors, np.multiply, F32) * out_rescale), out_type)
+        product = in_order(factors, np.multiply, np.float64)
         return saturate(round_double(product * np.float64(out_rescale), eng.rounding), out_type)
 
     def run(x):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.emulator.common import F32, EngineError, Plan, dl_scale
+from harness.emulator.common import F32, EngineError, Plan, dl_scale, in_order, libm
 from harness.emulator.ops import builds
 from harness.espdl.reader import Node
 
@@ -20,16 +20,8 @@ if TYPE_CHECKING:
     from harness.emulator.engine import Engine
 
 
-def libm(fn, values: np.ndarray) -> np.ndarray:
-    """A float32 libm function (``expf``, ``logf``), correctly rounded: computed in float64, rounded once."""
-    return fn(np.asarray(values).astype(np.float64)).astype(F32)
 
 
-def in_order_sum(values: np.ndarray) -> np.ndarray:
-    """Sum over the last axis one element after the other in float32, as the C loop adds them."""
-    if values.shape[-1] == 0:
-        return np.zeros(values.shape[:-1], F32)
-    return np.add.accumulate(values.astype(F32), axis=-1, dtype=F32)[..., -1]
 
 
 @builds("Softmax", "LogSoftmax")
@@ -51,13 +43,13 @@ def build_softmax(eng: Engine, node: Node) -> Plan:
         v = np.moveaxis(x, ax, -1)
         if bits == 8:
             exps = table[v.astype(np.int64) + 128]
-            total = in_order_sum(exps)[..., None]
+            total = in_order(exps)[..., None]
             y = (scale * v.astype(F32) - libm(np.log, total)) if log else exps / total
         else:
             f = scale * v.astype(F32)
             shifted = (f - f.max(axis=-1, keepdims=True)).astype(F32)
             exps = libm(np.exp, shifted)
-            total = in_order_sum(exps)[..., None]
+            total = in_order(exps)[..., None]
             y = (shifted - libm(np.log, total)) if log else exps / total
         return [np.ascontiguousarray(np.moveaxis(y.astype(F32), -1, ax))]
 
