@@ -259,3 +259,34 @@ def test_a_silent_device_times_out_with_one_clear_error():
         port.close()
         os.close(master)
         os.close(slave)
+
+
+def test_a_runner_whose_boot_banner_was_lost_is_greeted_all_the_same(tmp_path):
+    """The banner can vanish while the port is reopened or flushed around a reset: boot_and_hello then asks with
+    HELLO, and a booted runner answers; a port with nothing behind it still gives None."""
+    import os
+    import pty
+    import time
+
+    from harness.device.dut import DeviceLink, boot_and_hello
+    from harness.emulator.virtual_board import VirtualBoard
+
+    board = VirtualBoard("esp32p4", tmp_path / "vb.log").start()
+    try:
+        with serial.serial_for_url(board.port, timeout=0.05) as port:
+            def reset_and_lose_the_banner():
+                board.reset()
+                time.sleep(0.3)
+                port.reset_input_buffer()
+
+            info = boot_and_hello(DeviceLink(port, "board"), reset_and_lose_the_banner, timeout=1.0)
+            assert info is not None and info.target == "esp32p4"
+    finally:
+        board.stop()
+    master, slave = pty.openpty()
+    try:
+        with serial.serial_for_url(os.ttyname(slave), timeout=0.05) as port:
+            assert boot_and_hello(DeviceLink(port, "nothing"), lambda: None, timeout=0.5) is None
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -229,10 +229,10 @@ class DeviceLink:
             if isinstance(packet.message, p.Boot):
                 return packet.message
 
-    def hello(self) -> p.Info:
+    def hello(self, timeout: float = REPLY_TIMEOUT) -> p.Info:
         """Negotiate the version; the device restarts its numbering and grants fresh credits."""
         self.send(p.Hello(p.PROTOCOL_VERSION, p.PROTOCOL_VERSION), prefix=b"\x00")
-        message = self.receive().message
+        message = self.receive(timeout).message
         if isinstance(message, p.Error):
             raise DeviceError(message, self.name)
         self.info, self.credits, self.max_payload = message, message.credits, message.max_payload
@@ -308,14 +308,22 @@ class DeviceLink:
 
 
 def boot_and_hello(link: DeviceLink, reset: Callable[[], None], timeout: float = REPLY_TIMEOUT) -> p.Info | None:
-    """Reset the device and greet it; None when no boot banner comes (it runs something else)."""
+    """Reset the device and greet it; None when it neither sends a boot banner nor answers HELLO (it runs
+    something else).
+
+    A banner can be lost while the port is reopened or flushed around the reset (esptool's connection, a USB
+    serial bridge re-enumerating); a runner that booted answers HELLO all the same.
+    """
     reset()
     try:
         link.wait_boot(timeout)
     except p.ProtocolError as exc:
-        if "no boot banner" in str(exc):
+        if "no boot banner" not in str(exc):
+            raise
+        try:
+            return link.hello(timeout=min(timeout, 2.0))
+        except p.ProtocolError:
             return None
-        raise
     return link.hello()
 
 
