@@ -264,11 +264,11 @@ def test_s3_bias_is_wrapped_to_20_bits_in_qacc_lanes():
 
 def test_unknown_op_is_one_clear_error():
     model = _conv_model("esp32p4", np.ones((16, 1, 1)), np.zeros(16))
-    model.nodes.append(Node("/my/Softmax", "Softmax", ("y",), ("z",), {"quant_type": "S8", "axis": -1}))
+    model.nodes.append(Node("/my/Einsum", "Einsum", ("y",), ("z",), {"quant_type": "S8"}))  # not an ESP-DL op
     with pytest.raises(EngineError) as info:
         Engine(model, "esp32p4")
     message = str(info.value)
-    assert "'Softmax'" in message and "'/my/Softmax'" in message and "\n" not in message
+    assert "'Einsum'" in message and "'/my/Einsum'" in message and "\n" not in message
 
 
 def test_grouped_conv_is_refused_like_the_chip_would_compute_it():

@@ -35,6 +35,7 @@ def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
             "--target=esp32p4", "--window-sizes=1,3", *TINY]
     cold = run_pytest(*args)
     assert cold.returncode == 0, cold.stdout + cold.stderr
+    assert "Traceback" not in cold.stdout + cold.stderr  # kept devices close before pytest-embedded's queue manager
     session = json.loads((tmp_path / "a" / "session.json").read_text())
     assert (session["dut"], session["targets"]) == ("virtual", ["esp32p4"])
     assert session["calibrations"] == 2 * 3  # (model family) x (sub-module), one target
@@ -60,6 +61,7 @@ def test_cold_run_calibrates_each_submodule_once_and_warm_run_never(tmp_path):
 
     warm = run_pytest(*args)
     assert warm.returncode == 0, warm.stdout + warm.stderr
+    assert "Traceback" not in warm.stdout + warm.stderr
     session = json.loads((tmp_path / "a" / "session.json").read_text())
     assert (session["calibrations"], session["exports"]) == (0, 0)
     assert {c["id"] for c in session["cases"] if c["window"]} == ids

@@ -44,12 +44,19 @@ class HeldDevices:
         if held is not None:
             held[0].close()
 
-    def close(self) -> None:
-        from pytest_embedded.dut_factory import DutFactory
-
+    def release(self) -> None:
+        """Close every held device and hand its DUT back to pytest-embedded, which closes the rest of it after
+        the current test (before its message-queue manager, a session fixture, shuts down)."""
         for key in list(self._held):
             self.drop(key)
-        DutFactory.close()  # the DUTs handed back above
+
+    def close(self) -> None:
+        """``release``, then close what was handed back (the session ended outside a test, e.g. interrupted)."""
+        from pytest_embedded.dut_factory import DutFactory
+
+        if self._held:
+            self.release()
+            DutFactory.close()
 
 
 @contextlib.contextmanager

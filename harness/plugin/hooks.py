@@ -19,7 +19,7 @@ from harness import compat
 from harness.errors import HarnessError
 from harness.plugin.options import OPTIONS, PATH_OPTIONS, Case, ModelCase, add_options, hidden_ini, settings_from
 from harness.plugin.recording import CASE, PHASES, Recorder, comparison_fields, failed, identity, plain
-from harness.plugin.state import SETTINGS, HilSession, session_of
+from harness.plugin.state import SESSION, SETTINGS, HilSession, session_of
 from harness.resources import shipped
 
 # Warnings of the libraries the harness drives, checked and harmless; registered by the plugin so a user's
@@ -255,6 +255,13 @@ def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: Hil
         request.node.stash.setdefault(CASE, {}).update(fields, **extra)
 
     return record
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test, kept devices go back to pytest-embedded while its session fixtures still run."""
+    if nextitem is None and SESSION in item.config.stash:
+        session_of(item.config).devices.release()
 
 
 @pytest.hookimpl(wrapper=True)

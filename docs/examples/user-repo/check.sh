@@ -21,9 +21,12 @@ pytest --help > help.txt
 for expected in "--hil-cache-dir=DIR" "Default: 1,3,6" "--hil-dut={auto,virtual,board}, --dut={auto,virtual,board}"; do
   grep -qF -- "$expected" help.txt || { echo "pytest --help lacks: $expected" >&2; exit 1; }
 done
-pytest --target esp32p4 --model-spec kws_tcn.py --artifacts-dir out | tee run.txt
+pytest --target esp32p4 --model-spec kws_tcn.py --artifacts-dir out 2>&1 | tee run.txt
 if grep -E "DeprecationWarning|PytestExperimentalApiWarning" run.txt; then
   echo "the plugin's warning filters did not reach a repository without an ini file" >&2; exit 1
+fi
+if grep -F "Traceback" run.txt; then
+  echo "the run printed a traceback (a helper process of pytest-embedded or the harness failed)" >&2; exit 1
 fi
 python3 - <<'PY'
 import json
