@@ -198,6 +198,44 @@ def _probe_exporter_lookup() -> None:
             "the exporter no longer looks InsertRequantNodePattern up by that name")
 
 
+def matmul_pattern() -> type:
+    """ESP-PPQ's pre-export pattern that lays out a MatMul's right-hand operand (to subclass)."""
+    from esp_ppq.parser.espdl.export_patterns import InsertPreNodeOfMatMulPattern
+
+    return InsertPreNodeOfMatMulPattern
+
+
+@_private("esp-ppq", "esp_ppq.parser.espdl.export_patterns.InsertPreNodeOfMatMulPattern")
+def _probe_matmul_pattern() -> None:
+    _callable_with(matmul_pattern().export, "op", "graph")
+    source = inspect.getsource(matmul_pattern().export)
+    _expect('"native_kn"' in source and 'op.attributes.get("activation", "Linear") in ("Linear", "Relu")' in source,
+            "its native-KN condition is no longer the activation test the repair relies on")
+
+
+@contextlib.contextmanager
+def exporter_matmul_pattern(replacement: type) -> Iterator[None]:
+    """ESP-PPQ's exporter uses ``replacement`` for its MatMul layout pattern while the block runs (looked up by
+    name in the exporter's module at every export, like the requantize pattern)."""
+    import esp_ppq.parser.espdl_exporter as exporter
+
+    _require(_probe_exporter_matmul_lookup)
+    original = exporter.InsertPreNodeOfMatMulPattern
+    exporter.InsertPreNodeOfMatMulPattern = replacement
+    try:
+        yield
+    finally:
+        exporter.InsertPreNodeOfMatMulPattern = original
+
+
+@_private("esp-ppq", "esp_ppq.parser.espdl_exporter.InsertPreNodeOfMatMulPattern")
+def _probe_exporter_matmul_lookup() -> None:
+    import esp_ppq.parser.espdl_exporter as exporter
+
+    _expect(exporter.InsertPreNodeOfMatMulPattern is matmul_pattern(),
+            "the exporter no longer looks InsertPreNodeOfMatMulPattern up by that name")
+
+
 def insert_requantize_node(graph, var, upstream_config, config, op):
     """ESP-PPQ's RequantizeLinear insertion between ``var`` and its reader ``op``; the new op or None."""
     from esp_ppq.parser.espdl.espdl_graph_utils import insert_requantize_node as insert

@@ -150,6 +150,40 @@ def break_exporter_lookup(monkeypatch):
     monkeypatch.delattr(importlib.import_module("esp_ppq.parser.espdl_exporter"), "InsertRequantNodePattern")
 
 
+def use_matmul_pattern(monkeypatch):
+    from esp_ppq.IR import OperationExporter
+
+    assert issubclass(compat.matmul_pattern(), OperationExporter)
+    assert compat.matmul_pattern().__name__ == "InsertPreNodeOfMatMulPattern"
+
+
+def break_matmul_pattern(monkeypatch):
+    module = importlib.import_module("esp_ppq.parser.espdl.export_patterns")
+
+    class Rewritten(module.InsertPreNodeOfMatMulPattern):  # same name, another native-KN rule
+        def export(self, op, graph, **kwargs):
+            return op
+
+    Rewritten.__name__ = "InsertPreNodeOfMatMulPattern"
+    monkeypatch.setattr(module, "InsertPreNodeOfMatMulPattern", Rewritten)
+
+
+def use_exporter_matmul_lookup(monkeypatch):
+    exporter = importlib.import_module("esp_ppq.parser.espdl_exporter")
+    original = exporter.InsertPreNodeOfMatMulPattern
+
+    class Replacement(compat.matmul_pattern()):
+        pass
+
+    with compat.exporter_matmul_pattern(Replacement):
+        assert exporter.InsertPreNodeOfMatMulPattern is Replacement
+    assert exporter.InsertPreNodeOfMatMulPattern is original
+
+
+def break_exporter_matmul_lookup(monkeypatch):
+    monkeypatch.delattr(importlib.import_module("esp_ppq.parser.espdl_exporter"), "InsertPreNodeOfMatMulPattern")
+
+
 def use_insert_requantize(monkeypatch):
     calls = _recorder(monkeypatch, "esp_ppq.parser.espdl.espdl_graph_utils", "insert_requantize_node")
     assert compat.insert_requantize_node("g", "v", "up", "cfg", "op") == "result"
@@ -293,6 +327,9 @@ CASES = {
     "esp_ppq.parser.espdl.espdl_typedef.QUANT_OP_SET": (use_quant_ops, break_quant_ops),
     "esp_ppq.parser.espdl.export_patterns.InsertRequantNodePattern": (use_requant_pattern, break_requant_pattern),
     "esp_ppq.parser.espdl_exporter.InsertRequantNodePattern": (use_exporter_lookup, break_exporter_lookup),
+    "esp_ppq.parser.espdl.export_patterns.InsertPreNodeOfMatMulPattern": (use_matmul_pattern, break_matmul_pattern),
+    "esp_ppq.parser.espdl_exporter.InsertPreNodeOfMatMulPattern": (use_exporter_matmul_lookup,
+                                                                   break_exporter_matmul_lookup),
     "esp_ppq.parser.espdl.espdl_graph_utils.insert_requantize_node": (use_insert_requantize, break_insert_requantize),
     "esp_ppq.parser.espdl.espdl_streaming.get_conv_cache_window_size": (use_cache_window, break_cache_window),
     "esp_ppq.parser.espdl.espdl_streaming.insert_streaming_cache_op": (use_insert_cache, break_insert_cache),

@@ -97,13 +97,15 @@ def precise_copy(graph):
 
 @contextlib.contextmanager
 def repaired_exports() -> Iterator[None]:
-    """ESP-PPQ's exporter with ``harness.ppq.export_repairs.RequantGraphInputs`` in place of its requantize pattern.
+    """ESP-PPQ's exporter with the harness's repairs in place of two of its patterns: ``RequantGraphInputs`` for
+    its requantize pattern and ``PackedMatMul`` for its MatMul layout (``harness.ppq.export_repairs``).
 
     Also for exporters created inside the block (the tests' model zoo makes its own).
     """
-    from harness.ppq.export_repairs import requant_graph_inputs_pattern
+    from harness.ppq.export_repairs import packed_matmul_pattern, requant_graph_inputs_pattern
 
-    with compat.exporter_requant_pattern(requant_graph_inputs_pattern()):
+    with compat.exporter_requant_pattern(requant_graph_inputs_pattern()), \
+            compat.exporter_matmul_pattern(packed_matmul_pattern()):
         yield
 
 

@@ -230,6 +230,29 @@ def requant_graph_inputs_pattern():
     return RequantGraphInputs
 
 
+def packed_matmul_pattern():
+    """ESP-PPQ 1.3.12 leaves a MatMul's right-hand *activation* row-major (``input1_layout=native_kn``), which ESP-DL
+    3.3.9 does not read: its conv kernel takes the operand as a packed ``(N/16)HWC16`` filter. This pattern makes
+    ESP-PPQ take its own packing path (Reshape/Transpose before the MatMul, ``input1_layout=packed``), the layout
+    every ESP-DL release reads: it hides the fused activation from the native-KN test for the call."""
+    from esp_ppq.IR.quantize import QuantableOperation
+
+    class PackedMatMul(compat.matmul_pattern()):
+        def export(self, op, graph, **kwargs):
+            dynamic = (op.type == "MatMul" and isinstance(op, QuantableOperation) and len(op.inputs) > 1
+                       and not op.inputs[1].is_parameter)
+            if not dynamic:
+                return super().export(op, graph, **kwargs)
+            activation = op.attributes.get("activation", "Linear")
+            op.attributes["activation"] = "__packed__"  # not "Linear"/"Relu": the native-KN branch is skipped
+            try:
+                return super().export(op, graph, **kwargs)
+            finally:
+                op.attributes["activation"] = activation
+
+    return PackedMatMul
+
+
 def _same(a, b) -> bool:
     """Two quantization configs the chip cannot tell apart (bits and power-of-two scale)."""
     return a is b or (a.num_of_bits == b.num_of_bits and a.scale is not None and b.scale is not None

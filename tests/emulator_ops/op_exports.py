@@ -7,6 +7,7 @@ int16 within ESP-DL's own ``Model::test()`` tolerance of one LSB).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -50,19 +51,21 @@ def from_torch(module, input_shape: list[int], name: str) -> onnx.ModelProto:
     return model
 
 
-def export(model: onnx.ModelProto, target: str, bits: int, directory: Path, seed: int = 0) -> Path:
-    """ESP-PPQ's ``espdl_quantize_onnx`` of ``model`` with test values for its outputs (memoized by file)."""
-    path = directory / f"{model.graph.name}-{target}-int{bits}.espdl"
+def export(model: onnx.ModelProto, target: str, bits: int, directory: Path, seed: int = 0,
+           repaired: bool = False) -> Path:
+    """ESP-PPQ's ``espdl_quantize_onnx`` of ``model`` with test values for its outputs (memoized by file);
+    ``repaired``: with the harness's export repairs (``harness.ppq.env.repaired_exports``)."""
+    path = directory / f"{model.graph.name}{'-repaired' if repaired else ''}-{target}-int{bits}.espdl"
     if path not in _MEMO:
-        _MEMO[path] = _export(model, target, bits, path, seed)
+        _MEMO[path] = _export(model, target, bits, path, seed, repaired)
     return _MEMO[path]
 
 
-def _export(model: onnx.ModelProto, target: str, bits: int, path: Path, seed: int) -> Path:
+def _export(model: onnx.ModelProto, target: str, bits: int, path: Path, seed: int, repaired: bool) -> Path:
     import torch
     from esp_ppq.api import espdl_quantize_onnx
 
-    from harness.ppq.env import ppq_call
+    from harness.ppq.env import ppq_call, repaired_exports
     from harness.ppq.reference import one_thread
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,8 @@ def _export(model: onnx.ModelProto, target: str, bits: int, path: Path, seed: in
     calib = [draw() for _ in range(4)]
     test = draw()
     one = len(shapes) == 1
-    with one_thread(), ppq_call(f"quantize {path.stem}", path.with_suffix(".quantize.log")):
+    with one_thread(), ppq_call(f"quantize {path.stem}", path.with_suffix(".quantize.log")), \
+            (repaired_exports() if repaired else contextlib.nullcontext()):
         espdl_quantize_onnx(
             onnx_import_file=str(source), espdl_export_file=str(path),
             calib_dataloader=[c[0] if one else c for c in calib], calib_steps=len(calib),

@@ -47,3 +47,19 @@ def test_esp_ppq_native_kn_operands_are_read_packed_and_linted(tmp_path_factory,
     lo, hi = (-128, 127) if bits == 8 else (-32768, 32767)
     assert np.array_equal(env[node.outputs[0]], np.clip(expected, lo, hi))
     assert not np.array_equal(read, x1)  # packed and row-major differ: the test can tell them apart
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("n", [32, 20])
+def test_the_harness_repair_packs_the_operand_and_the_chip_then_computes_esp_ppqs_values(tmp_path_factory, target,
+                                                                                         bits, n):
+    """With the harness's export repairs, ESP-PPQ takes its packing path: ``input1_layout=packed``, nothing
+    linted, and the engine (reading the operand packed, as ESP-DL 3.3.9 does) gives ESP-PPQ's values."""
+    from op_exports import exact_or_within_one
+
+    path = export(attention_like(n), target, bits, tmp_path_factory.getbasetemp() / "ops", repaired=True)
+    model, _ = exact_or_within_one(path, target, bits, {"MatMul"})
+    matmuls = [node for node in model.nodes if node.op_type == "MatMul"]
+    assert all(m.attributes.get("input1_layout") == "packed" for m in matmuls)
+    assert not [f for f in lint_model(model, target) if f.kind == "matmul-native-kn"]
