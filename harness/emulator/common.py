@@ -123,3 +123,9 @@ def float_inputs(eng: Engine, node: Node, names) -> None:
                 f"{node.op_type} {node.name!r} runs in float32 (quant_type F32) but reads {name!r}, an {info.dtype} "
                 "tensor, without a DequantizeLinear: the chip would read its bytes as floats",
                 "give the float op its own float input, or quantize it (ESP-PPQ dispatching)")
+
+
+def dl_sigmoid(t: np.ndarray) -> np.ndarray:
+    """``dl::math::sigmoid``: ``1.0 / (1.0 + expf(-x))`` -- expf in float32, the division in double, then float."""
+    e = np.exp(-np.asarray(t, dtype=F32)).astype(np.float64)
+    return (1.0 / (1.0 + e)).astype(F32)

@@ -230,6 +230,32 @@ def requant_graph_inputs_pattern():
     return RequantGraphInputs
 
 
+def rnn_alignment(alignment):
+    """ESP-PPQ's alignment pass ``alignment`` as one that also quantizes a GRU/LSTM without ``initial_h``.
+
+    ESP-PPQ 1.3.12 aligns an RNN's Y_h and initial_h to Y by indexing the sixth input's config, which torch 2.13's
+    export leaves out: every GRU/LSTM failed with ``IndexError``. Same rule, the absent input skipped; the pass's
+    settings are kept (a subclass instance built from the original's attributes).
+    """
+    from esp_ppq.core import QuantizationProperty, QuantizationStates
+    from esp_ppq.quantization.optim import QuantAlignmentPass
+
+    class RnnAlignment(QuantAlignmentPass):
+        def align_to_first_output(self, op):
+            master = op.config.output_quantization_config[0]
+            slaves = op.config.output_quantization_config[1:2] + op.config.input_quantization_config[5:6]
+            for slave in slaves:
+                if slave.policy.has_property(QuantizationProperty.FLOATING):
+                    return master
+                if slave.state not in {QuantizationStates.FP32, QuantizationStates.SOI}:
+                    slave.master_by = master
+            return master
+
+    repaired = RnnAlignment.__new__(RnnAlignment)
+    repaired.__dict__.update(alignment.__dict__)
+    return repaired
+
+
 def packed_matmul_pattern():
     """ESP-PPQ 1.3.12 leaves a MatMul's right-hand *activation* row-major (``input1_layout=native_kn``), which ESP-DL
     3.3.9 does not read: its conv kernel takes the operand as a packed ``(N/16)HWC16`` filter. This pattern makes

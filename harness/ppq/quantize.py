@@ -44,7 +44,8 @@ from harness.espdl.lint import check_frame_rate, check_interface, check_streamin
 from harness.ppq.env import DEVICE, import_ppq, layout_recording_exporter, ppq_call, repaired_exports
 from harness.model.spec import ModelSpec
 from harness.ppq.export_repairs import (
-    bound_config, check_causal, fold_shared_pads, layout_transposes, per_consumer_caches, streaming_table_advice,
+    bound_config, check_causal, fold_shared_pads, layout_transposes, per_consumer_caches, rnn_alignment,
+    streaming_table_advice,
 )
 from harness.resources import code_digest
 from harness.targets import Target
@@ -343,7 +344,7 @@ class Quantizer:
         import esp_ppq.lib as PFL
         from esp_ppq.api import QuantizationSettingFactory, dispatch_graph, load_onnx_graph
         from esp_ppq.executor import TorchExecutor
-        from esp_ppq.quantization.optim import RuntimeCalibrationPass
+        from esp_ppq.quantization.optim import QuantAlignmentPass, RuntimeCalibrationPass
 
         setting = QuantizationSettingFactory.espdl_setting(bits)
         lock_pass = None
@@ -360,6 +361,8 @@ class Quantizer:
                     for i, p in enumerate(passes):
                         if isinstance(p, RuntimeCalibrationPass):
                             lock_pass = passes[i] = _locking_calibration(p, locks)
+                        elif isinstance(p, QuantAlignmentPass):
+                            passes[i] = rnn_alignment(p)
                     return PFL.Pipeline(passes)
 
             quantizer = LockingQuantizer(graph)  # quantizes ``graph`` in place

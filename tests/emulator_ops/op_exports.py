@@ -40,13 +40,17 @@ def from_torch(module, input_shape: list[int], name: str) -> onnx.ModelProto:
     import io
 
     import torch
+    from onnxsim import simplify
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter on purpose: it is the one ESP-PPQ's flow uses
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
         torch.onnx.export(module.eval(), (torch.zeros(input_shape),), buffer, input_names=["x"], opset_version=18,
                           dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
+    simplified, ok = simplify(model)  # as ESP-PPQ's and the harness's flows do (folds e.g. a GRU's zero state)
+    model = simplified if ok else model
     model.graph.name = name
     return model
 
@@ -105,3 +109,41 @@ def exact_or_within_one(path: Path, target: str, bits: int, op_types: set[str]):
     integers = [r for r in compared if isinstance(r.max_diff, int)]  # float32 outputs: Model::test()'s 2e-5
     assert max((r.max_diff for r in integers), default=0) <= (0 if bits == 8 else 1), "\n".join(report.lines())
     return model, report
+
+
+def export_with_harness_quantizer(model: onnx.ModelProto, target: str, bits: int, directory: Path,
+                                  seed: int = 0) -> Path:
+    """Quantized by the harness's own pipeline (``harness.ppq.quantize.Quantizer._quantize``, with its ESP-PPQ
+    repairs), exported with test values for every output: what a user's model goes through."""
+    path = directory / f"{model.graph.name}-harness-{target}-int{bits}.espdl"
+    if path not in _MEMO:
+        _MEMO[path] = _export_with_harness(model, target, bits, path, seed)
+    return _MEMO[path]
+
+
+def _export_with_harness(model: onnx.ModelProto, target: str, bits: int, path: Path, seed: int) -> Path:
+    import esp_ppq.lib as PFL
+    import torch
+    from esp_ppq.api import generate_test_value
+
+    from harness.ppq.env import DEVICE, ppq_call, repaired_exports
+    from harness.ppq.quantize import Quantizer
+    from harness.ppq.reference import one_thread
+    from harness.targets import get_target
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.with_suffix(".onnx")
+    onnx.save(model, str(source))
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    gen = torch.Generator().manual_seed(seed)
+    calib = [torch.randn(shape, generator=gen) for _ in range(4)]
+    test = torch.randn(shape, generator=gen)
+    platform = get_target(target).ppq_platform(bits)
+    with one_thread():
+        graph, _ = Quantizer(path.parent / "cache")._quantize(source, platform, bits, calib, [test], None,
+                                                               path.with_suffix(".quantize.log"))
+        names = [o.name for o in model.graph.output]
+        with ppq_call(f"export {path.stem}", path.with_suffix(".export.log")), repaired_exports():
+            values = generate_test_value(graph, DEVICE, [test], names)
+            PFL.Exporter(platform=platform).export(str(path), graph, values_for_test=values)
+    return path

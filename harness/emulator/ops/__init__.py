@@ -27,7 +27,7 @@ def builds(*op_types: str):
     return register
 
 
-FAMILIES = ("activation", "compare", "conv", "elementwise", "normalization", "pool", "quantize", "reduce", "resize", "shape", "softmax", "streaming")
+FAMILIES = ("activation", "compare", "conv", "elementwise", "normalization", "pool", "quantize", "recurrent", "reduce", "resize", "shape", "softmax", "streaming")
 
 for _family in FAMILIES:  # each registers its builders
     importlib.import_module(f"{__name__}.{_family}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.espdl.reader import Node
 from harness.targets import Shifter, int_range
-from harness.emulator.common import EngineError, F32, Plan, dl_scale, float_inputs, full_range, libm, saturate
+from harness.emulator.common import EngineError, F32, Plan, dl_scale, dl_sigmoid, float_inputs, full_range, libm, saturate
 from harness.emulator.ops import builds
 
 if TYPE_CHECKING:
@@ -38,11 +38,11 @@ def _float_activation(eng: Engine, node: Node, bits: int, x: np.ndarray) -> np.n
     with np.errstate(all="ignore"):
         t = x.astype(F32) * in_scale
         if op == "Sigmoid":
-            y = _sigmoid(t) * out_scale
+            y = dl_sigmoid(t) * out_scale
         elif op == "Tanh":
-            y = (F32(2) * _sigmoid(F32(2) * t) - F32(1)) * out_scale
+            y = (F32(2) * dl_sigmoid(F32(2) * t) - F32(1)) * out_scale
         elif op == "Swish":
-            y = (_sigmoid(t) * t) * out_scale
+            y = (dl_sigmoid(t) * t) * out_scale
         elif op == "Relu":
             y = np.where(t >= 0, t * out_scale, F32(0))
         elif op == "LeakyRelu":
@@ -71,10 +71,6 @@ def _float_activation(eng: Engine, node: Node, bits: int, x: np.ndarray) -> np.n
         return np.clip(y, lo, hi).astype(np.int64)
 
 
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    """``math::sigmoid``: ``1.0 / (1.0 + expf(-x))`` -- expf in float32, the division in double, then float."""
-    e = np.exp(-t).astype(np.float64)
-    return (1.0 / (1.0 + e)).astype(F32)
 
 
 # ESP-DL's float32 forward of these ops is one libm call per element (dl_module_<op>.hpp, QUANT_TYPE_FLOAT32)
