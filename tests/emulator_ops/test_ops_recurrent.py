@@ -1,6 +1,7 @@
-"""GRU: ESP-DL's integer gates (int16 pre-activations, its sigmoid and tanh tables) on the harness's own exports.
+"""GRU and LSTM: ESP-DL's integer gates (int16 pre-activations, its sigmoid and tanh tables) on the harness's own
+exports.
 
-ESP-PPQ 1.3.12 alone cannot quantize a torch-exported GRU (``IndexError`` in its alignment pass); the harness's
+ESP-PPQ 1.3.12 alone cannot quantize a torch-exported GRU or LSTM (``IndexError`` in its alignment pass); the harness's
 pipeline repairs that (``harness.ppq.export_repairs.rnn_alignment``), so these files come from it.
 """
 
@@ -15,27 +16,28 @@ from harness.emulator.common import dl_scale
 from harness.emulator.ops.recurrent import GateTable
 
 
-class Gru(torch.nn.Module):
-    def __init__(self, bidirectional: bool):
+class Rnn(torch.nn.Module):
+    def __init__(self, kind: str, bidirectional: bool):
         super().__init__()
         torch.manual_seed(3)
-        self.gru = torch.nn.GRU(8, 20, bidirectional=bidirectional)
+        self.rnn = getattr(torch.nn, kind)(8, 20, bidirectional=bidirectional)
 
     def forward(self, x):
-        y, _ = self.gru(x)
+        y, _ = self.rnn(x)
         return y
 
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
-def test_gru_matches_esp_ppq(tmp_path_factory, target, bits, bidirectional):
-    name = "gru_bi" if bidirectional else "gru"
-    path = export_with_harness_quantizer(from_torch(Gru(bidirectional), [6, 1, 8], name), target, bits,
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_recurrent_layers_match_esp_ppq(tmp_path_factory, kind, target, bits, bidirectional):
+    name = f"{kind.lower()}{'_bi' if bidirectional else ''}"
+    path = export_with_harness_quantizer(from_torch(Rnn(kind, bidirectional), [6, 1, 8], name), target, bits,
                                          tmp_path_factory.getbasetemp() / "ops")
-    model, _ = exact_or_within_one(path, target, bits, {"GRU"})
-    gru = next(n for n in model.nodes if n.op_type == "GRU")
-    assert gru.attributes.get("direction", "forward") == ("bidirectional" if bidirectional else "forward")
+    model, _ = exact_or_within_one(path, target, bits, {kind})
+    node = next(n for n in model.nodes if n.op_type == kind)
+    assert node.attributes.get("direction", "forward") == ("bidirectional" if bidirectional else "forward")
 
 
 def test_gate_tables_are_symmetric_and_clamped_like_esp_dls():
@@ -57,4 +59,4 @@ def test_without_the_alignment_repair_esp_ppq_cannot_quantize_a_gru(tmp_path, mo
 
     monkeypatch.setattr(quantize, "rnn_alignment", lambda alignment: alignment)
     with pytest.raises(QuantizationError, match="IndexError"):
-        export_with_harness_quantizer(from_torch(Gru(False), [6, 1, 8], "gru_unrepaired"), "esp32p4", 8, tmp_path)
+        export_with_harness_quantizer(from_torch(Rnn("GRU", False), [6, 1, 8], "gru_unrepaired"), "esp32p4", 8, tmp_path)
