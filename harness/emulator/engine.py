@@ -196,6 +196,12 @@ class Engine:
     def const(self, name: str):
         return self.model.initializers.get(name)
 
+    def input_const(self, node: Node, index: int):
+        """Input ``index`` of ``node`` when it is a constant (initializer) tensor; None when it is absent or an
+        activation."""
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        return self.const(name) if name else None
+
     def operands(self, node: Node) -> tuple[list[str], list]:
         """Activation inputs and constant inputs (None where an input is an activation)."""
         acts, consts = [], []

@@ -148,7 +148,7 @@ def _prelu16(eng: Engine, node: Node, out_type) -> Plan:
     no rounding) with ``s = out - in - alpha``, saturated. ``alpha`` per channel of the last axis of the
     [N, H, W, C] input the kernel requires; slopes of another count are replaced by copies of the first (an NCHW
     tensor's per-channel slopes on the chip: ``harness.espdl.lint``, ``prelu-slopes``)."""
-    alpha_t = eng.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    alpha_t = eng.input_const(node, 1)
     if alpha_t is None:
         raise EngineError(f"PRelu {node.name!r}: slope must be a constant", "re-export the model with esp-ppq")
     alpha = np.asarray(alpha_t.data).reshape(-1).astype(np.int64)

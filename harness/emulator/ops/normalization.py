@@ -27,9 +27,6 @@ def _rows(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 
-def _constant(eng: Engine, node: Node, index: int):
-    t = eng.const(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] else None
-    return t
 
 
 @builds("LayerNormalization")
@@ -42,7 +39,7 @@ def build_layer_norm(eng: Engine, node: Node) -> Plan:
     out_type = eng.out_type(node)
     axis = int(node.attributes.get("axis", -1))
     eps = F32(node.attributes.get("epsilon", 1e-5))
-    scale_t, bias_t = _constant(eng, node, 1), _constant(eng, node, 2)
+    scale_t, bias_t = eng.input_const(node, 1), eng.input_const(node, 2)
     if (len(node.inputs) > 1 and node.inputs[1] and scale_t is None) or \
             (len(node.inputs) > 2 and node.inputs[2] and bias_t is None):
         raise EngineError(f"LayerNormalization {node.name!r}: scale and bias must be constants",
@@ -95,7 +92,7 @@ def build_rms_norm(eng: Engine, node: Node) -> Plan:
     out_type = eng.out_type(node)
     axis = int(node.attributes.get("axis", -1))
     eps = F32(node.attributes.get("epsilon", 1e-5))
-    scale_t = _constant(eng, node, 1)
+    scale_t = eng.input_const(node, 1)
     if scale_t is None:
         raise EngineError(f"RMSNormalization {node.name!r}: the scale must be a constant", "re-export with esp-ppq")
     gamma = np.asarray(scale_t.data).reshape(-1)

@@ -46,8 +46,8 @@ def build_resize(eng: Engine, node: Node) -> Plan:
                           "export with mode='nearest' or 'linear'")
     out_type = eng.out_type(node)
     align = node.attributes.get("coordinate_transformation_mode") == "align_corners"
-    scales_t = eng.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    sizes_t = eng.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    scales_t = eng.input_const(node, 2)
+    sizes_t = eng.input_const(node, 3)
     scales = None if scales_t is None or np.asarray(scales_t.data).size == 0 else \
         np.asarray(scales_t.data, dtype=F32).reshape(-1)
     sizes = None if sizes_t is None else np.asarray(sizes_t.data, dtype=np.int64).reshape(-1)

@@ -69,7 +69,7 @@ def build_transpose(eng: Engine, node: Node) -> Plan:
 
 @builds('Reshape')
 def build_reshape(eng: Engine, node: Node) -> Plan:
-    t = eng.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    t = eng.input_const(node, 1)
     if t is None:
         raise EngineError(f"Reshape {node.name!r}: shape must be a constant", "re-export with esp-ppq")
     target = [int(v) for v in np.asarray(t.data).reshape(-1)]
@@ -125,7 +125,7 @@ def build_pad(eng: Engine, node: Node) -> Plan:
         raise EngineError(f"Pad {node.name!r} has no pads", "re-export with esp-ppq")
     if any(p < 0 for p in pads):
         raise EngineError(f"Pad {node.name!r} has negative pads {pads}", "ESP-DL pads only; use a Slice to crop")
-    value_t = eng.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    value_t = eng.input_const(node, 2)
     value = int(np.asarray(value_t.data).reshape(-1)[0]) if value_t is not None else 0
     mode = node.attributes.get("mode", "constant") or "constant"
     if mode not in ("constant", "edge", "reflect"):
@@ -179,7 +179,7 @@ def build_split(eng: Engine, node: Node) -> Plan:
 def build_gather(eng: Engine, node: Node) -> Plan:
     """``dl_module_gather.hpp``: whole slices of ``axis`` copied by constant indices, used as they are (a
     negative or too large index reads outside the tensor on the chip, so it is refused here)."""
-    table = eng.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    table = eng.input_const(node, 1)
     if table is None:
         raise EngineError(f"Gather {node.name!r}: the indices must be a constant", "re-export with esp-ppq")
     indices = np.asarray(table.data).astype(np.int64)
@@ -252,17 +252,14 @@ def build_space_to_depth(eng: Engine, node: Node) -> Plan:
     return Plan(node, (node.inputs[0],), node.outputs, run)
 
 
-def _constant_or_input(eng: Engine, node: Node, index: int):
-    """Input ``index``: its constant data, or None when it is an activation (read at run time)."""
-    t = eng.const(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] else None
-    return None if t is None else np.asarray(t.data)
 
 
 @builds("ReverseSequence")
 def build_reverse_sequence(eng: Engine, node: Node) -> Plan:
     """``dl_module_reverse_sequence.hpp``: for each batch index b, the first ``lens[b]`` steps along the time axis
     swapped end for end, each step a run of ``prod(shape[2:])`` contiguous elements (as the C loop copies them)."""
-    lens_const = _constant_or_input(eng, node, 1)
+    lens_t = eng.input_const(node, 1)
+    lens_const = None if lens_t is None else np.asarray(lens_t.data)
     batch_axis = int(node.attributes.get("batch_axis", 1))
     time_axis = int(node.attributes.get("time_axis", 0))
     acts = (node.inputs[0],) if lens_const is not None else tuple(node.inputs[:2])
@@ -288,11 +285,8 @@ def build_scatter_nd(eng: Engine, node: Node) -> Plan:
     """``dl_module_scatter_nd.hpp``: the raw integers of each update slice written (or combined: add and mul
     saturated, max, min, on the raw integers whatever their exponents) at the flat offset of its index."""
     reduction = node.attributes.get("reduction") or "none"
-    index_const = _constant_or_input(eng, node, 1)
-    acts = tuple(n for k, n in enumerate(node.inputs[:3]) if not (k == 1 and index_const is not None))
-    if eng.const(node.inputs[0]) is not None or eng.const(node.inputs[2]) is not None:
-        acts = tuple(n for n in node.inputs[:3] if eng.const(n) is None)
-    fixed = [_constant_or_input(eng, node, k) for k in range(3)]
+    fixed = [None if (t := eng.input_const(node, k)) is None else np.asarray(t.data) for k in range(3)]
+    acts = tuple(name for name, value in zip(node.inputs[:3], fixed) if value is None)
 
     def run(*args):
         it = iter(args)
