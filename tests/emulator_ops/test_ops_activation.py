@@ -25,7 +25,7 @@ def activation_model():
     constants = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.25, np.float32),
                  "slope": np.array([0.2], np.float32)}
     outputs = ["elu", "exp", "log", "sqrt", "hardsigmoid", "gelu", "clip", "prelu"]
-    return graph("activations", {"x": [1, 4, 8]}, outputs, nodes, constants, opset=20)
+    return graph("activations", {"x": [1, 4, 2, 8]}, outputs, nodes, constants, opset=20)  # 4-D: int16 PRelu
 
 
 @pytest.mark.parametrize("bits", BITS)
