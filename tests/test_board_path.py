@@ -290,3 +290,25 @@ def test_a_runner_whose_boot_banner_was_lost_is_greeted_all_the_same(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_reset_after_a_hello_whose_reply_was_lost_still_finds_the_banner(tmp_path):
+    """A HELLO makes the link wait for its INFO and set everything else aside; a reset supersedes it, so the boot
+    banner that follows is taken, not dropped as a stale frame."""
+    import time
+
+    from harness.device import protocol as p
+    from harness.device.dut import DeviceLink
+    from harness.emulator.virtual_board import VirtualBoard
+
+    board = VirtualBoard("esp32p4", tmp_path / "vb.log").start()
+    try:
+        with serial.serial_for_url(board.port, timeout=0.05) as port:
+            link = DeviceLink(port, "board")
+            link.send(p.Hello(p.PROTOCOL_VERSION, p.PROTOCOL_VERSION))
+            time.sleep(0.3)
+            port.reset_input_buffer()  # its INFO is lost
+            board.reset()
+            assert isinstance(link.wait_boot(3.0), p.Boot)
+    finally:
+        board.stop()

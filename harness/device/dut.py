@@ -210,8 +210,10 @@ class DeviceLink:
 
     # -------------------------------------------------------------- requests
     def wait_boot(self, timeout: float = REPLY_TIMEOUT) -> p.Boot:
-        """The banner a device sends after its reset; noise before it is ignored."""
+        """The banner a device sends after its reset; noise before it is ignored (and a HELLO whose reply never
+        came no longer holds frames back: the reset superseded it)."""
         self._synced = False
+        self._awaiting_hello_reply = False
         self.loaded.clear()
         self.stats.boots += 1
         self._rx_seq = None
