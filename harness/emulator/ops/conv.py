@@ -364,10 +364,11 @@ def _build_activation_matmul(eng: Engine, node: Node) -> Plan:
     """MatMul of two activations (dl_module_matmul.hpp): each [C, N] slice of B is the filter of ESP-DL's 1x1 conv
     kernel at run time, per-tensor exponents, no bias; ONNX's broadcasting of the leading dims and 1-D operands.
 
-    The kernel reads B's memory as a packed ``(N/16)HWC16`` filter (``(N/8)`` at 16 bits), so exporters put B in
-    that order first (ESP-PPQ's Reshape/Transpose packing). ESP-PPQ 1.3.12 marks B ``input1_layout=native_kn`` and
-    leaves it row-major instead, an attribute ESP-DL 3.3.9 does not read: the chip then multiplies by permuted
-    columns, as the engine does (``harness.espdl.lint``: ``matmul-native-kn``).
+    ``input1_layout`` says how B lies in memory: ``packed`` (or absent, every export before the attribute) is the
+    packed ``(N/16)HWC16`` filter order (``(N/8)`` at 16 bits) that ESP-PPQ's Reshape/Transpose put it in;
+    ``native_kn`` (ESP-PPQ 1.3.12) is row-major [K, N], which its exporter states ESP-DL's kernels now take. ESP-DL
+    3.3.9's sources, the newest here, do not read the attribute and take every B as packed: the lint says so
+    (``matmul-native-kn``), and the harness exports B packed, which every release reads.
     """
     where = f"{node.op_type} {node.name!r}"
     a = node.attributes
@@ -379,6 +380,7 @@ def _build_activation_matmul(eng: Engine, node: Node) -> Plan:
     e0, e1 = (eng.tensor_exponent(name, node) for name in node.inputs[:2])
     shift = eng.target.shifter(eng.tensor_exponent(node.outputs[0], node) - e0 - e1)
     align = 16 if bits == 8 else 8
+    native = a.get("input1_layout") == "native_kn"
     state = {"sat": 0}
 
     def run(x0, x1):
@@ -395,8 +397,10 @@ def _build_activation_matmul(eng: Engine, node: Node) -> Plan:
         c, n = a1.shape[-2:]
         layout = f"(N/{align})HWC{align}" + ("_UNALIGNED" if n % align else "")
         for m, w in zip(b0, b1):
-            # the conv kernel reads B's memory as a packed filter (what ESP-PPQ's older exports packed it into)
-            wmat = np.ascontiguousarray(unpack_filter(w, layout, n, c, 1, 1, False, where)[:, :, 0, 0].T)  # [C, N]
+            if native:  # row-major [K, N], as the exporter says the kernel takes it
+                wmat = w.astype(np.int64)
+            else:  # the conv kernel reads B's memory as a packed filter (what the exporter packed it into)
+                wmat = np.ascontiguousarray(unpack_filter(w, layout, n, c, 1, 1, False, where)[:, :, 0, 0].T)
             acc = make_acc(eng.target, bits, np.zeros(wmat.shape[1], np.int64), wmat.T, False)
             total, hit = matmul_accumulate(m, wmat, wmat.astype(np.float64), acc)
             parts.append(total)
