@@ -11,7 +11,6 @@ from harness.emulator.check import check
 from harness.emulator.engine import Engine
 from harness.emulator.ops.conv import unpack_filter
 from harness.espdl.lint import lint_model
-from harness.espdl.reader import load_espdl
 
 
 def attention_like(n: int):
