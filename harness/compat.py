@@ -173,21 +173,27 @@ def _probe_requant_pattern() -> None:
 
 
 @contextlib.contextmanager
-def exporter_requant_pattern(replacement: type) -> Iterator[None]:
-    """ESP-PPQ's exporter uses ``replacement`` instead of its requantize pattern while the block runs.
+def exporter_patterns(*replacements: type) -> Iterator[None]:
+    """ESP-PPQ's exporter uses each of ``replacements`` instead of the pattern it subclasses while the block runs.
 
-    The exporter looks the pattern up by name in its own module at every export, so swapping that
-    name reaches every exporter, also ones created inside the block.
+    The exporter looks its patterns up by name in its own module at every export, so swapping those names reaches
+    every exporter, also ones created inside the block. Each name is checked first (``_EXPORTER_LOOKUPS``).
     """
     import esp_ppq.parser.espdl_exporter as exporter
 
-    _require(_probe_exporter_lookup)
-    original = exporter.InsertRequantNodePattern
-    exporter.InsertRequantNodePattern = replacement
+    names = []
+    for replacement in replacements:
+        name = next(base.__name__ for base in replacement.__mro__[1:] if base.__name__ in _EXPORTER_LOOKUPS)
+        _require(_EXPORTER_LOOKUPS[name])
+        names.append(name)
+    originals = {name: getattr(exporter, name) for name in names}
+    for name, replacement in zip(names, replacements):
+        setattr(exporter, name, replacement)
     try:
         yield
     finally:
-        exporter.InsertRequantNodePattern = original
+        for name, original in originals.items():
+            setattr(exporter, name, original)
 
 
 @_private("esp-ppq", "esp_ppq.parser.espdl_exporter.InsertRequantNodePattern")
@@ -213,27 +219,17 @@ def _probe_matmul_pattern() -> None:
             "its native-KN condition is no longer the activation test the repair relies on")
 
 
-@contextlib.contextmanager
-def exporter_matmul_pattern(replacement: type) -> Iterator[None]:
-    """ESP-PPQ's exporter uses ``replacement`` for its MatMul layout pattern while the block runs (looked up by
-    name in the exporter's module at every export, like the requantize pattern)."""
-    import esp_ppq.parser.espdl_exporter as exporter
-
-    _require(_probe_exporter_matmul_lookup)
-    original = exporter.InsertPreNodeOfMatMulPattern
-    exporter.InsertPreNodeOfMatMulPattern = replacement
-    try:
-        yield
-    finally:
-        exporter.InsertPreNodeOfMatMulPattern = original
-
-
 @_private("esp-ppq", "esp_ppq.parser.espdl_exporter.InsertPreNodeOfMatMulPattern")
 def _probe_exporter_matmul_lookup() -> None:
     import esp_ppq.parser.espdl_exporter as exporter
 
     _expect(exporter.InsertPreNodeOfMatMulPattern is matmul_pattern(),
             "the exporter no longer looks InsertPreNodeOfMatMulPattern up by that name")
+
+
+# pattern name -> the probe that checks the exporter still looks it up by that name
+_EXPORTER_LOOKUPS = {"InsertRequantNodePattern": _probe_exporter_lookup,
+                     "InsertPreNodeOfMatMulPattern": _probe_exporter_matmul_lookup}
 
 
 def insert_requantize_node(graph, var, upstream_config, config, op):

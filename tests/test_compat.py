@@ -141,7 +141,7 @@ def use_exporter_lookup(monkeypatch):
     class Replacement(compat.requant_pattern()):
         pass
 
-    with compat.exporter_requant_pattern(Replacement):
+    with compat.exporter_patterns(Replacement):
         assert exporter.InsertRequantNodePattern is Replacement
     assert exporter.InsertRequantNodePattern is original
 
@@ -175,7 +175,7 @@ def use_exporter_matmul_lookup(monkeypatch):
     class Replacement(compat.matmul_pattern()):
         pass
 
-    with compat.exporter_matmul_pattern(Replacement):
+    with compat.exporter_patterns(Replacement):
         assert exporter.InsertPreNodeOfMatMulPattern is Replacement
     assert exporter.InsertPreNodeOfMatMulPattern is original
 

@@ -104,8 +104,7 @@ def repaired_exports() -> Iterator[None]:
     """
     from harness.ppq.export_repairs import packed_matmul_pattern, requant_graph_inputs_pattern
 
-    with compat.exporter_requant_pattern(requant_graph_inputs_pattern()), \
-            compat.exporter_matmul_pattern(packed_matmul_pattern()):
+    with compat.exporter_patterns(requant_graph_inputs_pattern(), packed_matmul_pattern()):
         yield
 
 
