@@ -401,7 +401,7 @@ class Flush:
 class Ack:
     ref_type: int
     ref_seq: int
-    detail: bytes = b""  # CONFIGURE: pack_configure_ack(); otherwise empty
+    detail: bytes = b""  # CONFIGURE: pack_configure_ack(); MODEL_BEGIN: empty or MODEL_KEPT; otherwise empty
     TYPE: ClassVar[MessageType] = MessageType.ACK
     _S: ClassVar = struct.Struct("<BH")
 
