@@ -8,6 +8,8 @@ harness that turns floats into integers goes through this module.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,8 @@ class Target:
 
     def shifter(self, shift) -> "Shifter":
         """``acc / 2**shift`` rounded like the chip's shifts, for a scalar or per-channel (last axis) shift."""
+        if isinstance(shift, (int, np.integer)):
+            return _scalar_shifter(int(shift), self.rounding)  # prepared once: the same few shifts recur per frame
         return Shifter(shift, self.rounding)
 
     def requantize(self, values: np.ndarray, shift: int, bits: int) -> np.ndarray:
@@ -83,6 +87,11 @@ class Shifter:
         if self.even:
             return (acc + self.offset + ((acc >> self.right) & self.odd_bit)) >> self.right
         return (acc + self.offset) >> self.right
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_shifter(shift: int, rounding: str) -> Shifter:
+    return Shifter(shift, rounding)
 
 
 TARGETS: dict[str, Target] = {

@@ -96,7 +96,7 @@ def test_a_checked_table_is_kept_with_the_model_and_read_back(quantizer, head_sp
 
 
 def test_a_missing_table_entry_names_the_entry_to_add(quantizer, head_spec):
-    bare = dataclasses.replace(head_spec, name="head_no_table", streaming_table=None)
+    bare = dataclasses.replace(head_spec.with_functions(streaming_table=None), name="head_no_table")
     qm = quantizer.model(bare, get_target("esp32p4"))
     with pytest.raises(StreamingError) as info:
         quantizer.streaming_exports(qm, 4)
@@ -108,8 +108,8 @@ def test_a_missing_table_entry_names_the_entry_to_add(quantizer, head_spec):
 def test_a_table_window_too_short_for_the_head_is_refused(quantizer, head_spec):
     from esp_ppq.api import insert_streaming_cache_on_var
 
-    short = dataclasses.replace(head_spec, name="head_short_table", streaming_table=lambda config: [
-        insert_streaming_cache_on_var("/mix/Conv_output_0", 2)])
+    short = dataclasses.replace(head_spec.with_functions(streaming_table=lambda config: [
+        insert_streaming_cache_on_var("/mix/Conv_output_0", 2)]), name="head_short_table")
     qm = quantizer.model(short, get_target("esp32p4"))
     quantizer.streaming_exports(qm, 4)  # 1 cached frame + a window of 4 covers the last 4 frames
     with pytest.raises(QuantizationError) as info:
@@ -120,8 +120,8 @@ def test_a_table_window_too_short_for_the_head_is_refused(quantizer, head_spec):
 def test_a_table_naming_an_unknown_tensor_is_refused_with_close_names(quantizer, head_spec):
     from esp_ppq.api import insert_streaming_cache_on_var
 
-    typo = dataclasses.replace(head_spec, name="head_typo_table", streaming_table=lambda config: [
-        insert_streaming_cache_on_var("/mixx/Conv_output_0", 4)])
+    typo = dataclasses.replace(head_spec.with_functions(streaming_table=lambda config: [
+        insert_streaming_cache_on_var("/mixx/Conv_output_0", 4)]), name="head_typo_table")
     qm = quantizer.model(typo, get_target("esp32p4"))
     with pytest.raises(ConfigError, match=r"'/mixx/Conv_output_0'.*close: /mix/Conv_output_0"):
         quantizer.streaming_exports(qm, 4)
@@ -147,7 +147,7 @@ def test_a_table_given_as_one_merged_dict_is_split_per_tensor(head_spec):
     from esp_ppq.api import insert_streaming_cache_on_var
 
     a, b = insert_streaming_cache_on_var("/mix/Conv_output_0", 4), insert_streaming_cache_on_var("/conv/Conv_output_0", 2)
-    merged = dataclasses.replace(head_spec, streaming_table=lambda config: {**a, **b})
+    merged = head_spec.with_functions(streaming_table=lambda config: {**a, **b})
     assert merged.table_for(4) == [a, b]
 
 def test_a_per_window_sub_model_before_the_last_is_refused(quantizer, tmp_path):

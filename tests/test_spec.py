@@ -96,3 +96,17 @@ def test_window_error_lists_divisors(tmp_path):
     assert spec.window_error(5) == (
         "window size 5 does not divide the sequence length 12 of model 'mine'; choose one of 1, 2, 3, 4, 6, 12"
     )
+
+
+def test_two_specs_each_get_their_own_same_named_sibling(tmp_path):
+    """Users keep a ``layers.py`` next to each spec; one run loads several such specs."""
+    specs = []
+    for name, out in (("first", 3), ("second", 5)):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "layers.py").write_text(f"import torch.nn as nn\n\ndef build(config):\n    return [nn.Conv1d(8, {out}, 1)]\n")
+        body = GOOD.replace("from models.tcn import build_tcn", "import layers").replace(
+            "return build_tcn(config)", "return layers.build(config)").replace('"mine"', f'"{name}"')
+        specs.append(load_spec(write(directory, body)))
+    assert [s.build_submodels(s.config)[0].out_channels for s in specs] == [3, 5]
+    assert [s.sources[0].parent.name for s in specs] == ["first", "second"]

@@ -16,16 +16,17 @@ board then reports that build ID, and reboots), ``quit``; the first two are
 confirmed with a ``done ...`` line on stdout once they have happened.
 ``--psram-bytes N`` bounds what the uploaded models may take together (MODEL_BEGIN answers OUT_OF_MEMORY
 beyond it, as a board with that much free PSRAM does). ``--max-payload N`` makes it announce (and keep to) another INFO max_payload
-than the firmware's default 4096, e.g. to compare OUTPUT parts with whole windows.
+than the firmware's default 4096, e.g. to compare OUTPUT parts with whole windows. ``--model-cache DIR`` keeps
+parsed models there for the next process (the harness passes its cache directory's ``parsed/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import functools
 import hashlib
 import os
+import pickle
 import pty
 import queue
 import select
@@ -62,13 +63,55 @@ def build_id() -> str:
     return "virtual-" + h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed(data: bytes, name: str):
-    """The model in ``data``, kept by content: a reset board is given the same files again, and parsing them
-    again in Python would only slow the emulator down (nothing changes a parsed model)."""
-    from harness.espdl.reader import load_espdl
+class ParsedModels:
+    """Parsed models kept by content, in memory and (with ``directory``) on disk across processes.
 
-    return load_espdl(data, name=name)
+    A reset board is given the same files again, and every run of a job uploads the files the last run did;
+    parsing FlatBuffers in Python again would only slow the emulator down (nothing changes a parsed model).
+    A disk entry is named by the SHA-256 of the bytes and of the reader's code; one that cannot be read is
+    parsed again and replaced.
+    """
+
+    def __init__(self, directory: Path | None = None, keep: int = 64):
+        self.directory = directory
+        self._memory: dict[bytes, object] = {}
+        self._keep = keep
+        self._reader = code_digest("harness.espdl.reader")[:16] if directory is not None else ""
+
+    def get(self, data: bytes, sha256: bytes, name: str):
+        model = self._memory.pop(sha256, None) or self._from_disk(sha256)
+        if model is None:
+            from harness.espdl.reader import load_espdl
+
+            model = load_espdl(data, name=name)
+            self._to_disk(sha256, model)
+        self._memory[sha256] = model  # most recently used last
+        while len(self._memory) > self._keep:
+            del self._memory[next(iter(self._memory))]
+        return model
+
+    def _path(self, sha256: bytes) -> Path:
+        return self.directory / f"{sha256.hex()}-{self._reader}.pickle"
+
+    def _from_disk(self, sha256: bytes):
+        if self.directory is None:
+            return None
+        try:
+            return pickle.loads(self._path(sha256).read_bytes())
+        except Exception:  # noqa: BLE001 - missing, or damaged since it was written: parse again
+            return None
+
+    def _to_disk(self, sha256: bytes, model) -> None:
+        if self.directory is None:
+            return
+        path = self._path(sha256)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            staging.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(staging, path)
+        except OSError:
+            pass  # a read-only or full cache only costs the next run a parse
 
 
 class BoardError(Exception):
@@ -131,8 +174,10 @@ class Batch:
 class Board:
     """The runner's state machine, transport-free: ``handle(packet) -> messages to send``."""
 
-    def __init__(self, target: Target, max_payload: int = p.DEFAULT_MAX_PAYLOAD, psram_bytes: int = PSRAM_BYTES):
+    def __init__(self, target: Target, max_payload: int = p.DEFAULT_MAX_PAYLOAD, psram_bytes: int = PSRAM_BYTES,
+                 parsed: ParsedModels | None = None):
         self.target = target
+        self.parsed = parsed or ParsedModels()
         self.max_payload = max_payload  # INFO's; bounds every OUTPUT (a larger window goes in parts)
         self.psram_bytes = psram_bytes  # what uploads and loaded models may take together
         self.build_id = build_id()  # what INFO reports; a side-channel "flash" replaces it
@@ -261,7 +306,7 @@ class Board:
         from harness.emulator.engine import Engine
 
         try:  # checked like dl::Model's load: unknown ops refused now, not mid-stream
-            model = _parsed(data, upload.name)
+            model = self.parsed.get(data, upload.sha256, upload.name)
             engine = Engine(model, self.target)
         except HarnessError as exc:
             raise BoardError(p.ErrorCode.MODEL_LOAD_FAILED, f"{upload.name}: {exc}") from None
@@ -616,18 +661,21 @@ class VirtualBoard:
     """Parent-side handle of a virtual board process (one per target in use)."""
 
     def __init__(self, target: str, log_path: Path, baud: int | None = None, command: list[str] | None = None,
-                 max_payload: int | None = None):
+                 max_payload: int | None = None, model_cache: Path | None = None):
         self.target = target
         self.log_path = log_path
         self.baud = baud
         self.max_payload = max_payload  # None: the device's default (--max-payload, which runner_host takes too)
         self.command = command  # another device process with the same stdin/stdout contract (default: this one)
+        self.model_cache = model_cache  # this process's --model-cache
         self.process: subprocess.Popen | None = None
         self.port = ""
 
     def start(self, timeout: float = 30.0) -> "VirtualBoard":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = list(self.command or [sys.executable, "-m", "harness.emulator.virtual_board", "--target", self.target])
+        if self.model_cache is not None and self.command is None:
+            command += ["--model-cache", str(self.model_cache)]
         if self.baud:
             command += ["--baud", str(self.baud)]
         if self.max_payload:
@@ -701,13 +749,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=None, help="throttle the link like a UART at this baud rate")
     parser.add_argument("--max-payload", type=int, default=p.DEFAULT_MAX_PAYLOAD,
                         help="INFO max_payload, 256..65535 (default %(default)s, the firmware's)")
+    parser.add_argument("--model-cache", type=Path, default=None,
+                        help="keep parsed models in this directory for the next process (default: memory only)")
     parser.add_argument("--psram-bytes", type=int, default=PSRAM_BYTES,
                         help="memory the uploaded models may take together (default %(default)s)")
     args = parser.parse_args(argv)
     if not 256 <= args.max_payload <= p.MAX_PAYLOAD_LIMIT:
         parser.error(f"--max-payload {args.max_payload} is not within 256..{p.MAX_PAYLOAD_LIMIT}")
     sys.setswitchinterval(0.0005)  # let the wire thread move bytes promptly while the engine computes
-    server = PtyServer(Board(get_target(args.target), args.max_payload, args.psram_bytes), sys.stdin.fileno(), args.baud)
+    server = PtyServer(Board(get_target(args.target), args.max_payload, args.psram_bytes,
+                             ParsedModels(args.model_cache)), sys.stdin.fileno(), args.baud)
     print(f"PTY {server.path}", flush=True)
     server.serve()
     return 0

@@ -166,7 +166,7 @@ def load_exported_spec(module, path: Path, name: str, config: dict):
                     "export every target from the same model")
     channels, frames, bits = shapes.pop()
     config = {**config, "channels": channels, "sequence_length": frames, "bits": bits, "sequences": 1}
-    return ModelSpec(name, "exported", config, path, None, None, files)
+    return ModelSpec(name, "exported", config, path, files, module=module)
 
 
 def exported_model(spec, target, cache_dir: Path):

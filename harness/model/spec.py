@@ -29,6 +29,7 @@ file; the window sizes are those of the streaming files (``harness.model.exporte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import ConfigError
-from harness.resources import shipped
+from harness.resources import PACKAGE, shipped
 
 STREAMING_MODES = ("explicit", "auto", "exported")
 
@@ -60,16 +61,47 @@ MODELS_DIR = shipped("models")
 
 @dataclass
 class ModelSpec:
-    """A loaded, validated model spec."""
+    """A loaded, validated model spec.
+
+    Its functions come from the spec's module, imported on first use when the spec was described by the spec
+    index (``harness.model.spec_index``: an unchanged spec is not imported, nor torch with it, on a warm run).
+    """
 
     name: str
     streaming: str
     config: dict[str, Any]
     path: Path
-    build_submodels: Callable[[dict], list] | None = field(repr=False)
-    streaming_table: Callable | None = field(default=None, repr=False)
     exports: dict | None = field(default=None, repr=False)  # STREAMING = "exported": harness.model.exported.ExportedFiles per target
     sources: tuple[Path, ...] = ()  # the spec file and every local (not installed) module it reaches
+    hooks: frozenset[str] = frozenset()  # the functions of FUNCTIONS the spec defines
+    module: Any = field(default=None, repr=False)  # the imported spec; None until a function is needed
+    digest_files: tuple[Path, ...] | None = field(default=None, repr=False)  # what source_digest hashed last time
+    on_digest: Callable | None = field(default=None, repr=False)  # told the files of each new source digest
+
+    @property
+    def build_submodels(self) -> Callable | None:
+        return self.function("build_submodels")
+
+    @property
+    def streaming_table(self) -> Callable | None:
+        return self.function("streaming_table")
+
+    def with_functions(self, **functions: Callable | None) -> "ModelSpec":
+        """A copy whose functions ``functions`` replace the spec's (None: it defines none), e.g. another table."""
+        from dataclasses import replace
+        from types import SimpleNamespace
+
+        module = SimpleNamespace(**{**{n: self.function(n) for n in self.hooks}, **functions})
+        hooks = frozenset(n for n in FUNCTIONS if callable(getattr(module, n, None)))
+        return replace(self, module=module, hooks=hooks, digest_files=None, on_digest=None)
+
+    def function(self, name: str) -> Callable | None:
+        """The spec's function ``name`` (one of FUNCTIONS), or None when it defines none."""
+        if name not in self.hooks:
+            return None
+        if self.module is None:
+            self.module = _described_module(self)
+        return getattr(self.module, name)
 
     def __getattr__(self, key: str) -> Any:
         if key in HARNESS_KEYS:
@@ -113,21 +145,34 @@ class ModelSpec:
             raise _fail(self.path, f"streaming_table() returned {entries!r:.120}", fix)
         return [{name: dict(entry)} for e in entries for name, entry in e.items()]  # one entry per tensor
 
-    def source_digest(self, submodels: list) -> str:
+    def source_digest(self, submodels: list | None = None) -> str:
         """sha256 over the spec file, the local modules it reaches and the source files of every module class it
-        builds: a change in any of them (a helper that builds layers, the streaming table) is a new model."""
-        files = {self.path, *self.sources}
-        if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
-            files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
-        for sub in submodels:
-            for module in sub.modules():
-                src = inspect.getsourcefile(type(module))
-                if src and "site-packages" not in src:
-                    files.add(Path(src).resolve())
+        builds: a change in any of them (a helper that builds layers, the streaming table) is a new model.
+
+        Without ``submodels``: over the files the last digest with them covered (``digest_files``, kept by the
+        spec index); None when there is no such list.
+        """
+        if submodels is None:
+            if self.digest_files is None or not all(f.is_file() for f in self.digest_files):
+                return None
+            files = set(self.digest_files)
+        else:
+            files = {self.path, *self.sources}
+            if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
+                files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
+            for sub in submodels:
+                for module in sub.modules():
+                    src = inspect.getsourcefile(type(module))
+                    if src and "site-packages" not in src:
+                        files.add(Path(src).resolve())
         h = hashlib.sha256()
         for f in sorted(files):
             h.update(f.name.encode())
             h.update(f.read_bytes())
+        if submodels is not None and tuple(sorted(files)) != self.digest_files:
+            self.digest_files = tuple(sorted(files))
+            if self.on_digest is not None:
+                self.on_digest(self)
         return h.hexdigest()
 
     def config_json(self) -> str:
@@ -138,28 +183,22 @@ def _fail(path: Path, cause: str, fix: str) -> ConfigError:
     return ConfigError(f"model spec {path}: {cause}", fix)
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Import and validate one spec file."""
+FUNCTIONS = ("build_submodels", "streaming_table")  # what a spec may define, besides its constants
+
+
+def load_spec(path: str | Path, index=None) -> ModelSpec:
+    """Import and validate one spec file; with ``index`` (a ``SpecIndex``), an unchanged spec is described from
+    it instead, and imported only when one of its functions is needed."""
     path = Path(path).resolve()
     if not path.is_file():
         raise _fail(path, "file not found", "pass the path of a Python spec file to --model-spec")
-    module_name = f"_hil_spec_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # classes defined in the spec can then be inspected and pickled
-    search = [str(path.parent), str(MODELS_DIR.parent)]  # the spec's siblings, and `models.*`
-    sys.path[:0] = search
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a user file: any error must become one clear line
-        sys.modules.pop(module_name, None)
-        raise _fail(
-            path, f"cannot be imported: {type(exc).__name__}: {exc}", "fix the file (see README, 'Adding a model')"
-        ) from exc
-    finally:
-        for entry in search:
-            sys.path.remove(entry)
-
+    if index is not None:
+        described = index.lookup(path)
+        if described is not None:
+            return _validated(path, described["name"], described["streaming"], described["config"],
+                              frozenset(described["hooks"]), None, tuple(Path(p) for p in described["sources"]),
+                              index, described.get("digest_files"))
+    module = _import(path)
     name = getattr(module, "NAME", None)
     if not isinstance(name, str) or not name.isidentifier():
         raise _fail(path, "NAME is missing or not an identifier", "define NAME = 'my_model'")
@@ -173,7 +212,20 @@ def load_spec(path: str | Path) -> ModelSpec:
     build = getattr(module, "build_submodels", None)
     if not callable(build):
         raise _fail(path, "build_submodels(config) is missing", "define it to return the list of sub-models")
-    user_config = getattr(module, "CONFIG", None)
+    table = getattr(module, "streaming_table", None)
+    if table is not None and (not callable(table) or streaming != "auto"):
+        raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
+                    "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
+    hooks = frozenset(n for n in FUNCTIONS if callable(getattr(module, n, None)))
+    spec = _validated(path, name, streaming, getattr(module, "CONFIG", None), hooks, module, local_sources(module), index)
+    if index is not None:
+        index.remember(spec)
+    return spec
+
+
+def _validated(path: Path, name: str, streaming: str, user_config, hooks: frozenset[str], module,
+               sources: tuple[Path, ...], index, digest_files=None) -> ModelSpec:
+    """The spec of these values, checked (the same checks whether they come from the module or the index)."""
     if not isinstance(user_config, dict):
         raise _fail(path, "CONFIG is missing or not a dict", "define CONFIG = {'channels': ..., 'sequence_length': ...}")
     config = {**HARNESS_KEYS, **user_config}
@@ -187,14 +239,73 @@ def load_spec(path: str | Path) -> ModelSpec:
             raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
     if config["tolerance_lsb"] and not config["tolerance_reason"]:
         raise _fail(path, "a non-zero tolerance_lsb needs a tolerance_reason", "say why the residual is expected")
-    table = getattr(module, "streaming_table", None)
-    if table is not None and (not callable(table) or streaming != "auto"):
-        raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
-                    "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
-    loaded = ModelSpec(name, streaming, config, path, build, table, sources=local_sources(module))
+    loaded = ModelSpec(name, streaming, config, path, sources=sources, hooks=hooks, module=module,
+                       digest_files=tuple(Path(p) for p in digest_files) if digest_files is not None else None,
+                       on_digest=index.remember if index is not None else None)
     if loaded.window_error(config["calibration_window"]) and streaming == "explicit":
         raise _fail(path, loaded.window_error(config["calibration_window"]), "change CONFIG['calibration_window']")
     return loaded
+
+
+def _import(path: Path):
+    """The spec file's module (errors in it become one line)."""
+    module_name = f"_hil_spec_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # classes defined in the spec can then be inspected and pickled
+    search = [str(path.parent), str(MODELS_DIR.parent)]  # the spec's siblings, and `models.*`
+    sys.path[:0] = search
+    _forget_other_siblings(path.parent)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user file: any error must become one clear line
+        sys.modules.pop(module_name, None)
+        raise _fail(
+            path, f"cannot be imported: {type(exc).__name__}: {exc}", "fix the file (see README, 'Adding a model')"
+        ) from exc
+    finally:
+        for entry in search:
+            sys.path.remove(entry)
+    return module
+
+
+def _forget_other_siblings(directory: Path) -> None:
+    """Let a spec import its own sibling modules: another spec's same-named sibling (``layers.py`` next to each)
+    leaves ``sys.modules``; the spec that imported it keeps its module object."""
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin is None or "." in name:
+            continue
+        own = directory / f"{name}.py", directory / name / "__init__.py"
+        file = Path(origin).resolve()
+        if any(f.is_file() for f in own) and _user_file(file) and file not in {f.resolve() for f in own}:
+            for dotted in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+                del sys.modules[dotted]
+
+
+def _described_module(spec: ModelSpec):
+    """Import a spec the index described, now that one of its functions is needed; it must still say what the
+    index said (a spec whose CONFIG depends on more than its source files, e.g. the environment, does not)."""
+    module = _import(spec.path)
+    said = (getattr(module, "NAME", None), getattr(module, "STREAMING", None),
+            {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})})
+    if said != (spec.name, spec.streaming, spec.config):
+        raise _fail(spec.path, "its NAME, STREAMING or CONFIG changed while none of its source files did (they "
+                               "depend on something else, e.g. an environment variable)",
+                    "make them depend only on the spec's files, or run with a new --hil-cache-dir")
+    return module
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[Path, ...]:
+    import sysconfig
+
+    return tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _user_file(file: Path) -> bool:
+    """Not the standard library's, not an installed distribution's."""
+    return not any(file.is_relative_to(root) for root in _installed_roots()) and "site-packages" not in file.parts
 
 
 def local_sources(module) -> tuple[Path, ...]:
@@ -203,18 +314,10 @@ def local_sources(module) -> tuple[Path, ...]:
     Local: not the standard library, not an installed distribution, not the harness itself (whose code is
     hashed on its own): the user's helpers, e.g. a ``layers.py`` the spec imports functions from.
     """
-    import sysconfig
     from types import ModuleType
 
-    from harness.resources import PACKAGE
-
-    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    own = [PACKAGE, PACKAGE / "shipped"]  # the harness's code is not the model's; its shipped models are
-
     def local(file: Path) -> bool:
-        if any(file.is_relative_to(root) for root in installed) or "site-packages" in file.parts:
-            return False
-        return not file.is_relative_to(own[0]) or file.is_relative_to(own[1])
+        return _user_file(file) and (not file.is_relative_to(PACKAGE) or file.is_relative_to(PACKAGE / "shipped"))
 
     files: set[Path] = set()
     seen: set[str] = set()
@@ -249,15 +352,17 @@ def builtin_spec_paths() -> list[Path]:
     )
 
 
-def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = None) -> list[ModelSpec]:
+def load_specs(extra_paths: list[str] | None = None, only: list[str] | None = None, index=None) -> list[ModelSpec]:
     """Built-in specs plus ``--model-spec`` files, filtered by ``--models``; names must be unique.
+
+    ``index``: a ``SpecIndex`` (``load_spec``).
 
     Without ``--models``: the ``--model-spec`` models when there are any (a user's repository runs its own
     models), else every shipped one.
     """
     specs: dict[str, ModelSpec] = {}
     for path in [*builtin_spec_paths(), *(Path(p) for p in extra_paths or [])]:
-        spec = load_spec(path)
+        spec = load_spec(path, index)
         if spec.name in specs and specs[spec.name].path != spec.path:
             raise _fail(
                 spec.path, f"NAME '{spec.name}' is already used by {specs[spec.name].path}", "give the model a new NAME"

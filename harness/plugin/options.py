@@ -10,6 +10,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.model.spec import ModelSpec, load_specs
+from harness.model.spec_index import SpecIndex
 from harness.targets import TARGETS, Target, get_target
 
 
@@ -118,7 +119,10 @@ def settings_from(config: pytest.Config) -> Settings:
         if not w.isdigit() or int(w) < 1:
             raise HarnessError(f"--window-sizes: '{w}' is not a positive integer", "give e.g. --window-sizes 1,3,6")
         windows.append(int(w))
-    specs = load_specs(config.getoption("model_spec"), split(config.getoption("models")) or None)
+    cache = config.getoption("hil_cache_dir")
+    cache_dir = under_root(cache) if cache else root / ".hil-cache"
+    specs = load_specs(config.getoption("model_spec"), split(config.getoption("models")) or None,
+                       SpecIndex(cache_dir / "specs"))
     for spec in specs:
         for w in windows:
             error = spec.window_error(w)
@@ -127,14 +131,13 @@ def settings_from(config: pytest.Config) -> Settings:
     frames = config.getoption("frames_file")
     if frames:
         check_frames(under_root(frames), specs, windows)
-    cache = config.getoption("hil_cache_dir")
     dut, dut_reason, ports = choose_dut(config.getoption("hil_dut"), [t.name for t in targets], config.getoption("port", None))
     return Settings(
         targets=targets,
         windows=windows,
         specs=specs,
         artifacts_dir=under_root(config.getoption("artifacts_dir")),
-        cache_dir=under_root(cache) if cache else root / ".hil-cache",
+        cache_dir=cache_dir,
         frames_path=under_root(frames) if frames else None,
         dut=dut,
         dut_reason=dut_reason,

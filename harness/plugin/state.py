@@ -106,7 +106,7 @@ class HilSession:
                 self.devices.drop(f"virtual {target}")
                 board.stop()
             log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
-            self._boards[target] = VirtualBoard(target, log).start()
+            self._boards[target] = VirtualBoard(target, log, model_cache=self.settings.cache_dir / "parsed").start()
         return self._boards[target]
 
     def board_if_running(self, target: str):

@@ -236,16 +236,12 @@ class Quantizer:
         return self._models[memo]
 
     def _load_or_build(self, spec: ModelSpec, target: Target) -> QuantizedModel:
-        import torch
-
-        with torch.random.fork_rng():
-            torch.manual_seed(spec.seed)
-            submodels = [m.eval() for m in spec.build_submodels(dict(spec.config))]
-        if not submodels:
-            raise QuantizationError(f"model '{spec.name}' has no sub-models", "build_submodels must return a list")
+        digest = spec.source_digest()  # known from the spec index: no sub-models built (nor torch imported) for it
+        submodels = None if digest is not None else self._submodels(spec)
         key = hashlib.sha256(
             "\n".join(
-                [spec.source_digest(submodels), spec.config_json(), target.name, str(spec.bits), harness_digest()]
+                [digest or spec.source_digest(submodels), spec.config_json(), target.name, str(spec.bits),
+                 harness_digest()]
             ).encode()
         ).hexdigest()
         directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
@@ -254,10 +250,21 @@ class Quantizer:
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
                 import_ppq()
-                self._build(spec, target, submodels, staging)
+                self._build(spec, target, submodels or self._submodels(spec), staging)
                 shutil.rmtree(directory, ignore_errors=True)
                 os.replace(staging, directory)
         return _load(spec, target, key, directory)
+
+    @staticmethod
+    def _submodels(spec: ModelSpec) -> list:
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed)
+            submodels = [m.eval() for m in spec.build_submodels(dict(spec.config))]
+        if not submodels:
+            raise QuantizationError(f"model '{spec.name}' has no sub-models", "build_submodels must return a list")
+        return submodels
 
     def _build(self, spec: ModelSpec, target: Target, submodels: list, out: Path) -> None:
         import torch
@@ -569,7 +576,7 @@ def _table(qm: QuantizedModel, window: int) -> list[dict]:
     The entry's key covers the spec's sources and ESP-PPQ's version, the table's inputs: a warm run reads it
     instead of calling the spec (whose tables call ESP-PPQ, imported for nothing else then).
     """
-    if qm.spec.streaming_table is None:
+    if "streaming_table" not in qm.spec.hooks:
         return []
     path = qm.directory / "tables" / f"W{window}.json"
     with contextlib.suppress(OSError, ValueError):
