@@ -77,6 +77,17 @@ class Shifter:
         self.odd_bit = (s > 0).astype(np.int64)
         self.trivial = bool(np.all(s == 0))
         self.any_left = bool(np.any(s < 0))
+        self.scale = np.ldexp(1.0, -s)  # 2**-shift, exact in float64
+
+    def exact_f64(self, acc: np.ndarray) -> np.ndarray:
+        """The same rounding on float64 accumulators that hold integers below 2**53 (a float matmul's result):
+        ``acc * 2**-shift`` is exact, so rint (half to even) or floor(+0.5) (half up) round it as the integer
+        shifts do. Returns float64 integers; callers saturate before converting."""
+        scaled = acc * self.scale
+        if self.even:
+            return np.rint(scaled, out=scaled)
+        scaled += 0.5
+        return np.floor(scaled, out=scaled)
 
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         if self.trivial:

@@ -20,15 +20,23 @@ import numpy as np
 import pytest
 
 from harness.verdict.compare import compare, fidelity_verdict, streaming_verdict
+from harness.verdict.divergence import locate
 from harness.device.dut import configure_pipeline, stream_pipeline
 from harness.verdict.per_window import expected_outputs, judged_outputs, judged_windows, prefix, unjudged_note, verdict_rows
+from harness.ppq.accuracy import task_figures
+from harness.signoff.realtime import realtime_figures
 from harness.tensors import QTensor
 
 
 def test_streamed_matches_offline(hil_case, quantized_model, streaming_exports, frames, reference, fidelity,
-                                  device_offline, device, record_case):
+                                  device_offline, device, record_case, hil_session):
     w, t = hil_case.window, frames.sequence_length
     result = stream_pipeline(device, streaming_exports, frames, w)
+    accuracy = hil_session.accuracy(quantized_model)  # the float model's decisions, for the device's task figures
+    last = result.outputs[-1]
+    task = task_figures(quantized_model.spec, getattr(frames, "labels", None),
+                        {"device": last.data.astype(np.float64) * 2.0**last.exponent}, t,
+                        accuracy.float_out if accuracy is not None else None)
     streamed = judged_outputs(quantized_model, w, t, result.outputs)
     rows = verdict_rows(quantized_model, w, t)
     note = unjudged_note(quantized_model, w, t)
@@ -40,10 +48,14 @@ def test_streamed_matches_offline(hil_case, quantized_model, streaming_exports, 
     else:
         arithmetic = fidelity_verdict(reference, device_offline.outputs, fidelity.per_module, fidelity.reason, w, rows)
         verdicts = (streaming, arithmetic)
+    located = locate(device, quantized_model, streaming_exports, hil_session.quantizer.offline_exports(quantized_model, t),
+                     frames, w, streaming, arithmetic)  # a failing case: its first diverging layer, for the report
     record_case(
         streaming.comparisons[-1], *verdicts,
+        first_diverging_layer=located,
         arrays={"streamed": result.outputs[-1], "device_offline": device_offline.outputs[-1],
                 **({"simulated": reference[-1]} if reference is not None else {})},
+        task=task,
         latency_us=[round(x, 1) for x in result.latency_us],
         cycles=[round(x) for x in result.cycles],
         **({"not_judged": note} if note else {}),
@@ -52,9 +64,18 @@ def test_streamed_matches_offline(hil_case, quantized_model, streaming_exports, 
     assert all(v.passed for v in verdicts), "; ".join(v.summary() for v in verdicts)
 
 
-def test_round_robin_equals_sequential(hil_case, streaming_exports, frames, device):
+def test_round_robin_equals_sequential(hil_case, streaming_exports, frames, device, record_case):
+    """Both schedules compute the same; each run's timings (one OUTPUT per window) are the real-time figures."""
     w = hil_case.window
     runs = {s: stream_pipeline(device, streaming_exports, frames, w, s, batched=False) for s in ("round-robin", "sequential")}
+    loaded = device.hello()  # INFO after the case's models were loaded: what they leave free
+    sizes = [e.path.stat().st_size for e in streaming_exports]
+    period = hil_case.spec.config.get("frame_period_ms")
+    host = loaded.device_kind == "virtual"
+    record_case(realtime={s: realtime_figures(r, w, s, period, host, sizes) for s, r in runs.items()},
+                arrays={f"runs_us_m{k}": np.array([us / n for us, _, n in samples], dtype=np.float64)
+                        for k, samples in enumerate(runs["round-robin"].timings)},
+                device_free_bytes={"internal": loaded.free_internal_bytes, "psram": loaded.free_psram_bytes})
     for rr, seq in zip(runs["round-robin"].outputs, runs["sequential"].outputs):
         assert rr.exponent == seq.exponent and np.array_equal(rr.data, seq.data)
     n, windows = len(streaming_exports), frames.sequence_length // w
@@ -104,6 +125,9 @@ def test_sequences_back_to_back(hil_case, hil_session, quantized_model, streamin
     t = joined.sequence_length
 
     def offline(length):
+        if length <= frames.sequence_length:  # within the first sequence: its row of the offline run on every one
+            first = hil_session.offline_on(device, hil_case, quantized_model, frames, length).outputs[-1]
+            return [QTensor(first.data[:1], first.exponent)]
         exports = hil_session.quantizer.offline_exports(quantized_model, length)
         return stream_pipeline(device, exports, prefix(joined, length), length, all_modules=False).outputs
 

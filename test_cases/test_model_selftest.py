@@ -12,15 +12,15 @@ chip computes differently from ESP-PPQ's simulation.
 import pytest
 
 from harness.emulator.check import check
-from harness.espdl.reader import load_espdl
 
 
 def test_embedded_test_values_match_the_chip_arithmetic(hil_model, hil_session):
     qm = hil_session.quantizer.model(hil_model.spec, hil_model.target)
     for module in qm.modules:
-        if hil_model.spec.exports is not None and not load_espdl(module.offline_espdl).test_outputs:
+        model = hil_session.parsed(module.offline_espdl)
+        if hil_model.spec.exports is not None and not model.test_outputs:
             pytest.skip(f"{module.offline_espdl} embeds no test values (export it with export_test_values=True)")
-        report = check(module.offline_espdl, hil_model.target)
+        report = check(model, hil_model.target)
         assert report.compared, f"module {module.index}: no embedded test values"
         bad = [r.line() for r in report.unexplained]
         assert not bad, f"module {module.index}: {report.summary}; first unexplained: {bad[0]}"

@@ -54,3 +54,13 @@ def boards(tmp_path_factory):
     yield board
     for b in started.values():
         b.stop()
+
+
+def schema_errors(session: dict) -> list[str]:
+    """Where ``session`` (a session.json's data) breaks docs/session.schema.json."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "session.schema.json").read_text())
+    return [f"{e.json_path}: {e.message[:200]}" for e in jsonschema.Draft202012Validator(schema).iter_errors(session)]

@@ -36,7 +36,7 @@ def to_json(obj) -> dict:
         if isinstance(v, bytes):
             v = v.hex()
         elif isinstance(v, tuple):
-            v = [to_json(x) for x in v]
+            v = [to_json(x) if dataclasses.is_dataclass(x) else x for x in v]  # records, or names/dims
         elif isinstance(v, int):
             v = int(v)
         out[f.name] = v
@@ -264,6 +264,11 @@ EDGE_MESSAGES = [
     p.Configure(6, p.Schedule.SEQUENTIAL, 0, 0, 16, (p.ModuleConfig(0, p.Layout.NCW, p.Layout.NWC, "x", "y"),
                                                       p.ModuleConfig(1, p.Layout.NWC, p.Layout.FLAT, "x", "y"))),
     p.Credit(0), p.Credit(0xFFFF),
+    p.Probe(0, 0, ("x",)), p.Probe(255, 0xFFFFFFFF, tuple(f"t{i} ✓" for i in range(p.MAX_PROBE_NAMES))),
+    p.Tensor(0, 0, 0, 0, 8, -128, (), 0, "s", b"\x80"), p.Tensor(7, 3, 12, 1, 16, 127, (1, 0, 5), 0, "empty", b""),
+    p.Tensor(255, 0xFFFFFFFF, 0xFFFFFFFF, 255, 32, 0, (2, 3), 0, "/f", bytes(24)),
+    p.Tensor(1, 2, 9, 0, 16, -9, (1,) * p.MAX_TENSOR_RANK, 0, "é" * 100, b"\x01\x02"),
+    p.Tensor(0, 0, 0, 3, 16, 0, (4, 0xFFFF, 2), 0xFFFF * 8 - 3, "part", bytes(6)),
     *(p.Log(level, "") for level in p.LogLevel), p.Log(p.LogLevel.VERBOSE, "x" * 0xFFF0),
     p.Boot(""), p.Boot("runner\n\x00 ünïcode"),
     *(p.Error(code, 0, 0xFFFF, "") for code in p.ErrorCode),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.conftest import ROOT, run_pytest
+from tests.conftest import ROOT, run_pytest, schema_errors
 
 # stale_cache fails its streamed cases; time_mean_auto cannot be exported for streaming (errors in setup)
 STALE = [f"--model-spec={ROOT}/tests/specs/stale_cache.py", f"--model-spec={ROOT}/tests/specs/time_mean_auto.py",
@@ -40,6 +40,7 @@ def test_a_streaming_bug_fails_streaming_exactness_only_and_every_case_is_counte
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
 
     session = json.loads((artifacts / "session.json").read_text())
+    assert not schema_errors(session), schema_errors(session)[:5]  # failed, errored and passed cases alike
     cases = session["cases"]
     assert len(cases) == len(ids) == sum(counts.values())
     assert {c["nodeid"] for c in cases} == set(ids)
@@ -59,9 +60,15 @@ def test_a_streaming_bug_fails_streaming_exactness_only_and_every_case_is_counte
         where = case["streaming_first_divergence"]
         assert where["module"] == 0 and where["frame"] >= w  # the first window starts from zeros on both sides
         assert "streaming verdict FAIL (module 0 of 1)" in case["message"]
+        layer = case["first_diverging_layer"]  # the stale cache feeds the depthwise conv: the first layer to differ
+        assert layer["question"] == "streaming" and layer["op_type"] == "Conv" and layer["differing"] > 0, layer
+        assert "depthwise" in layer["node"] and "streamed vs offline first differ" in layer["line"]
     selftests = [c for c in cases if c["test"] == "test_embedded_test_values_match_the_chip_arithmetic"]
     assert [c["outcome"] for c in selftests] == ["passed", "passed"]  # the offline models themselves are fine
     report = (artifacts / "report.md").read_text()
     passed = sum(c["outcome"] == "passed" for c in cases)
     assert f"**{passed}/{len(cases)} cases pass**" in report
     assert all(c["id"] in report for c in cases)
+    assert "plots/test_streamed_matches_offline-esp32p4-stale_cache-W3-streaming-error.png" in report
+    assert (artifacts / "plots" / "test_streamed_matches_offline-esp32p4-stale_cache-W3-streaming-error.png").is_file()
+    assert "esp32p4-stale_cache-W3** test_streamed_matches_offline: module 0, window" in report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import ROOT, run_pytest
+from tests.conftest import ROOT, run_pytest, schema_errors
 
 TINY = [f"--model-spec={ROOT}/tests/specs/tiny_explicit.py", f"--model-spec={ROOT}/tests/specs/tiny_auto.py",
         "--models=tiny_explicit,tiny_auto"]
@@ -76,5 +76,8 @@ def test_parallel_workers_share_one_calibration_and_one_report(tmp_path):
     assert session["calibrations"] == 3  # the second worker waited for the first one's calibration
     assert {(c["test"], c["id"]) for c in session["cases"] if c["test"] == "test_streamed_matches_offline"} == {
         ("test_streamed_matches_offline", f"esp32p4-tiny_auto-W{w}") for w in (1, 3)}
-    assert session["summary"] == {"passed": len(session["cases"])} and len(session["cases"]) == 11
+    assert session["summary"] == {"passed": len(session["cases"])} and len(session["cases"]) == 12
+    assert not schema_errors(session), schema_errors(session)[:5]
+    [accuracy] = [c["accuracy"] for c in session["cases"] if c["test"] == "test_quantization_accuracy"]
+    assert accuracy["end_to_end"]["snr_db"] > 10 and session["provenance"]["devices"]  # figures ride on xdist's reports
     assert not list((tmp_path / "a").glob(".session-*.json"))  # nothing goes through files

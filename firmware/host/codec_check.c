@@ -149,6 +149,46 @@ static void put_output(const rc_output_t *m)
     put_hex(m->data.ptr, m->data.len);
 }
 
+static void put_names(const rc_probe_msg_t *m)
+{
+    const uint8_t *p = m->names.ptr;
+    size_t left = m->names.len, i;
+    key("names");
+    putchar('[');
+    for (i = 0; i < m->name_count; i++) {
+        rc_bytes_t name;
+        size_t used = rc_probe_name_read(p, left, &name);
+        printf("%s", i ? ", " : "");
+        put_str(name);
+        p += used;
+        left -= used;
+    }
+    putchar(']');
+}
+
+static void put_tensor(const rc_tensor_msg_t *m)
+{
+    unsigned i;
+    put_uint("module", m->module);
+    put_uint("window", m->window);
+    put_uint("step", m->step);
+    put_uint("index", m->index);
+    put_uint("bits", m->bits);
+    key("exponent");
+    printf("%d", m->exponent);
+    key("shape");
+    putchar('[');
+    for (i = 0; i < m->rank; i++) {
+        printf("%s%lu", i ? ", " : "", (unsigned long)m->shape[i]);
+    }
+    putchar(']');
+    put_uint("first_element", m->first_element);
+    key("name");
+    put_str(m->name);
+    key("data");
+    put_hex(m->data.ptr, m->data.len);
+}
+
 static void put_host_fields(const rc_message_t *msg)
 {
     const rc_configure_t *c = &msg->u.configure;
@@ -187,6 +227,11 @@ static void put_host_fields(const rc_message_t *msg)
         key("data");
         put_hex(msg->u.frames.data.ptr, msg->u.frames.data.len);
         break;
+    case RC_MSG_PROBE:
+        put_uint("module", msg->u.probe.module);
+        put_uint("window", msg->u.probe.window);
+        put_names(&msg->u.probe);
+        break;
     default: break; /* RESET, FLUSH */
     }
 }
@@ -212,6 +257,7 @@ static void put_device_fields(const rc_message_t *msg)
         key("banner");
         put_str(msg->u.boot.banner);
         break;
+    case RC_MSG_TENSOR: put_tensor(&msg->u.tensor); break;
     default: /* ERROR */
         put_uint("code", msg->u.error.code);
         put_uint("ref_type", msg->u.error.ref_type);

@@ -449,3 +449,116 @@ rc_error_t host_module_run(host_backend_t *b, uint8_t module, const void *input,
     mod->runs++;
     return RC_OK;
 }
+
+/* ----------------------------------------------------------------------------------------- probes */
+
+typedef enum { T_INPUT, T_CACHE_INPUT, T_OUTPUT, T_CACHE_OUTPUT, T_NONE } tensor_role_t;
+
+static tensor_role_t role_of(const hcm1_model_t *m, const char *name)
+{
+    if (strcmp(name, m->input) == 0) {
+        return T_INPUT;
+    }
+    if (strcmp(name, m->output) == 0) {
+        return T_OUTPUT;
+    }
+    if (m->cache_input[0] != '\0' && strcmp(name, m->cache_input) == 0) {
+        return T_CACHE_INPUT;
+    }
+    if (m->cache_output[0] != '\0' && strcmp(name, m->cache_output) == 0) {
+        return T_CACHE_OUTPUT;
+    }
+    return T_NONE;
+}
+
+/* The shape of a cache tensor: [1, context, cin] (NWC). */
+static void cache_shape(const hcm1_model_t *m, rc_shape_t *shape)
+{
+    memset(shape, 0, sizeof *shape);
+    shape->rank = 3;
+    shape->dims[0] = 1;
+    shape->dims[1] = (uint32_t)m->context;
+    shape->dims[2] = (uint32_t)m->cin;
+}
+
+rc_error_t host_probe_find(host_backend_t *b, uint8_t module, const char *name, rc_probe_tensor_t *tensor, char *err,
+                           size_t errlen)
+{
+    const host_module_t *mod = &b->modules[module];
+    const hcm1_model_t *m = &mod->model;
+    if (!mod->bound) {
+        return fail(RC_ERR_INTERNAL, err, errlen, "module %u is not bound", module);
+    }
+    switch (role_of(m, name)) {
+    case T_INPUT: /* the window as the run reads it, in the configured input layout */
+        memset(&tensor->shape, 0, sizeof tensor->shape);
+        tensor->shape.rank = 3;
+        tensor->shape.dims[0] = 1;
+        tensor->shape.dims[1] = mod->input_layout == RC_LAYOUT_NCW ? (uint32_t)m->cin : mod->window;
+        tensor->shape.dims[2] = mod->input_layout == RC_LAYOUT_NCW ? mod->window : (uint32_t)m->cin;
+        tensor->bits = (uint8_t)m->bits;
+        tensor->exponent = (int8_t)m->ein;
+        tensor->input = 1;
+        return RC_OK;
+    case T_CACHE_INPUT:
+    case T_CACHE_OUTPUT:
+        cache_shape(m, &tensor->shape);
+        tensor->bits = (uint8_t)m->bits;
+        tensor->exponent = (int8_t)m->ein;
+        tensor->input = role_of(m, name) == T_CACHE_INPUT;
+        return RC_OK;
+    case T_OUTPUT:
+        output_shape(mod, &tensor->shape);
+        tensor->bits = (uint8_t)m->obits;
+        tensor->exponent = (int8_t)m->eout;
+        tensor->input = 0;
+        return RC_OK;
+    default:
+        break;
+    }
+    if (m->cache_input[0] != '\0') {
+        return fail(RC_ERR_BAD_CONFIG, err, errlen, "no tensor '%s' in model %s; it has '%s', '%s', '%s', '%s'", name,
+                    m->name, m->input, m->cache_input, m->output, m->cache_output);
+    }
+    return fail(RC_ERR_BAD_CONFIG, err, errlen, "no tensor '%s' in model %s; it has '%s', '%s'", name, m->name,
+                m->input, m->output);
+}
+
+/* The cache (context x cin values, NWC) as `bits`-wide values into out. */
+static void copy_cache(const host_module_t *mod, uint8_t *out)
+{
+    const hcm1_model_t *m = &mod->model;
+    size_t i, n = (size_t)(m->context * m->cin);
+    for (i = 0; i < n; i++) {
+        rc_value_set(out, i, (unsigned)m->bits, mod->cache[i]);
+    }
+}
+
+rc_error_t host_module_run_probed(host_backend_t *b, uint8_t module, const void *input, void *output,
+                                  rc_timing_t *timing, rc_probe_tensor_t *tensors, unsigned count, char *err,
+                                  size_t errlen)
+{
+    const host_module_t *mod = &b->modules[module];
+    const hcm1_model_t *m = &mod->model;
+    size_t out_values = (size_t)mod->frames * (size_t)m->cout;
+    unsigned i;
+    rc_error_t code;
+    for (i = 0; i < count && mod->bound; i++) { /* graph inputs: what the run reads */
+        tensor_role_t role = role_of(m, tensors[i].name);
+        if (role == T_INPUT) {
+            memcpy(tensors[i].data, input, (size_t)mod->window * (size_t)m->cin * (size_t)(m->bits / 8));
+        } else if (role == T_CACHE_INPUT) {
+            copy_cache(mod, (uint8_t *)tensors[i].data);
+        }
+    }
+    code = host_module_run(b, module, input, output, timing, err, errlen);
+    for (i = 0; i < count && code == RC_OK; i++) { /* outputs: what the run wrote */
+        tensor_role_t role = role_of(m, tensors[i].name);
+        if (role == T_OUTPUT) {
+            memcpy(tensors[i].data, output, out_values * (size_t)(m->obits / 8));
+        } else if (role == T_CACHE_OUTPUT) {
+            copy_cache(mod, (uint8_t *)tensors[i].data);
+        }
+    }
+    return code;
+}

@@ -27,5 +27,11 @@ rc_error_t host_module_run(host_backend_t *b, uint8_t module, const void *input,
                            char *err, size_t errlen);
 void host_module_reset(host_backend_t *b, uint8_t module);
 void host_modules_clear(host_backend_t *b);
+/* Probes: the model's four tensors (README.md, "Probes"). */
+rc_error_t host_probe_find(host_backend_t *b, uint8_t module, const char *name, rc_probe_tensor_t *tensor, char *err,
+                           size_t errlen);
+rc_error_t host_module_run_probed(host_backend_t *b, uint8_t module, const void *input, void *output,
+                                  rc_timing_t *timing, rc_probe_tensor_t *tensors, unsigned count, char *err,
+                                  size_t errlen);
 
 #endif /* HOST_BACKEND_H */

@@ -163,7 +163,20 @@ static void be_clear(void *ctx)
     host_modules_clear(((host_t *)ctx)->backend);
 }
 
-static const rc_backend_t BACKEND = {be_load, be_unload, be_bind, be_run, be_reset, be_clear};
+static rc_error_t be_probe_find(void *ctx, uint8_t module, const char *name, rc_probe_tensor_t *tensor, char *err,
+                                size_t errlen)
+{
+    return host_probe_find(((host_t *)ctx)->backend, module, name, tensor, err, errlen);
+}
+
+static rc_error_t be_run_probed(void *ctx, uint8_t module, const void *input, void *output, rc_timing_t *timing,
+                                rc_probe_tensor_t *tensors, unsigned count, char *err, size_t errlen)
+{
+    return host_module_run_probed(((host_t *)ctx)->backend, module, input, output, timing, tensors, count, err, errlen);
+}
+
+static const rc_backend_t BACKEND = {be_load, be_unload, be_bind, be_run, be_reset, be_clear, be_probe_find,
+                                     be_run_probed};
 
 /* ------------------------------------------------------------------------------------------ pty */
 

@@ -52,6 +52,17 @@ class DeviceError(p.ProtocolError):
 
 
 @dataclass
+class ArmedProbe:
+    """A PROBE the device accepted: what it captures and what of it has arrived."""
+
+    module: int
+    window: int
+    names: tuple[str, ...]
+    assembler: p.TensorAssembler
+    received: dict[str, p.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class LinkStats:
     """What went over the link, for the benchmarks."""
 
@@ -80,6 +91,7 @@ class DeviceLink:
         self._tick = 0
         self.stats = LinkStats()
         self.info: p.Info | None = None
+        self.banner: str | None = None  # the last BOOT banner
         self.credits = 0
         self.max_payload = p.DEFAULT_MAX_PAYLOAD
         self._decoder = p.FrameDecoder()
@@ -88,6 +100,7 @@ class DeviceLink:
         self._rx_seq: int | None = None
         self._synced = False  # frame errors before BOOT/INFO are boot noise, not link failures
         self._awaiting_hello_reply = False  # frames before it carry the device's old numbering
+        self._probe: ArmedProbe | None = None  # the PROBE the device holds (protocol.md 7.8), until its TENSORs came
 
     # ------------------------------------------------------------------ wire
     def send(self, message, prefix: bytes = b"") -> int:
@@ -201,6 +214,8 @@ class DeviceLink:
             self.credits += message.frames
         elif isinstance(message, p.Output) and on_output is not None:
             on_output(message)
+        elif isinstance(message, p.Tensor):
+            self._take_tensor(message)
         elif isinstance(message, p.Error):
             raise DeviceError(message, self.name)
         elif isinstance(message, p.Boot):
@@ -229,6 +244,7 @@ class DeviceLink:
                     "check that the board runs the streaming runner (flash it) and that the port is right",
                 ) from None
             if isinstance(packet.message, p.Boot):
+                self.banner = packet.message.banner  # for people: the report shows it (chip, revision, reset)
                 return packet.message
 
     def hello(self, timeout: float = REPLY_TIMEOUT) -> p.Info:
@@ -284,10 +300,74 @@ class DeviceLink:
         return True
 
     def configure(self, config: p.Configure) -> list[p.ConfigureAckModule]:
+        self._probe = None  # CONFIGURE discards an armed probe (protocol.md 7.8)
         return p.unpack_configure_ack(self.request(config).detail)
 
     def reset(self) -> None:
+        self._probe = None  # so does RESET
         self.request(p.Reset())
+
+    # -------------------------------------------------------------- probes (protocol.md 0x0A PROBE, 7.8)
+    def arm_probe(self, module: int, window: int, names, timeout: float = REPLY_TIMEOUT) -> None:
+        """PROBE: when module ``module`` runs window ``window`` (its run number since the last RESET/CONFIGURE),
+        the device captures the tensors ``names`` of that run; they arrive while the frames stream (``probed``).
+        Arm it after the RESET that starts the stream (RESET discards it)."""
+        names = tuple(names)
+        self._probe = None  # any PROBE discards the armed one, also one the device refuses
+        try:
+            self.request(p.Probe(module, window, names), timeout)
+        except DeviceError as exc:
+            if exc.code == p.ErrorCode.UNKNOWN_MESSAGE:
+                raise p.ProtocolError(f"{self.name} cannot probe tensors: it answered PROBE with UNKNOWN_MESSAGE "
+                                      "(a runner older than docs/protocol.md's 0x0A PROBE)",
+                                      "flash a current runner") from None
+            if exc.code == p.ErrorCode.BAD_CONFIG:
+                raise p.ProtocolError(exc.cause, "probe a module of the configuration before its window runs, and name "
+                                      "tensors of its .espdl (python -m harness.espdl FILE lists them)") from None
+            raise
+        self._probe = ArmedProbe(module, window, names, p.TensorAssembler(self.name))
+
+    def _take_tensor(self, t: p.Tensor) -> None:
+        probe = self._probe
+        if probe is None or (t.module, t.window) != (probe.module, probe.window):
+            raise p.ProtocolError(f"{self.name} sent tensor '{t.name}' of module {t.module}, window {t.window}, which "
+                                  f"no armed probe asked for", _PROTOCOL_FIX)
+        expected = len(probe.received)
+        if t.index != expected or expected >= len(probe.names) or t.name != probe.names[expected]:
+            wanted = f"'{probe.names[expected]}' (index {expected})" if expected < len(probe.names) else "nothing more"
+            raise p.ProtocolError(f"{self.name} sent tensor '{t.name}' (index {t.index}) of module {t.module}, window "
+                                  f"{t.window} where {wanted} was due", _PROTOCOL_FIX)
+        whole = probe.assembler.add(t)
+        if whole is not None:
+            probe.received[whole.name] = whole
+
+    def probed(self) -> dict[str, QTensor]:
+        """The armed probe's tensors once its run has happened (call it after ``stream``: they come before the
+        OUTPUT of that run and FLUSH's ACK): name -> QTensor in ESP-DL's on-chip shape (int8/int16 with their
+        exponent, float32 with exponent 0), in PROBE's order. ``ProtocolError`` when the run has not happened."""
+        probe = self._probe
+        if probe is None:
+            raise p.ProtocolError(f"no probe is armed on {self.name}", "call arm_probe() after RESET, then stream")
+        self._poll()
+        while self._pending:  # what came after the stream (nothing, if the host waited for FLUSH's ACK)
+            self._dispatch(self._pending.popleft().message, None)
+        if len(probe.received) < len(probe.names):
+            pending = probe.assembler.pending
+            got = f"{len(probe.received)} of {len(probe.names)} tensors" + (
+                f" and part of '{pending.name}'" if pending is not None else "")
+            raise p.ProtocolError(
+                f"{self.name} sent {got} of the probe of module {probe.module}, window {probe.window}: that run "
+                f"never happened", f"stream at least {probe.window + 1} windows of module {probe.module} after arming "
+                "the probe (each sequence starts after RESET, which discards it)")
+        self._probe = None
+        return {name: QTensor(t.array(), t.exponent) for name, t in probe.received.items()}
+
+    def probe(self, module: int, window: int, names, run: Callable[[], object]) -> dict[str, QTensor]:
+        """``arm_probe``, ``run()`` (which streams, e.g. ``lambda: link.stream(frames, on_output)``), then
+        ``probed()``."""
+        self.arm_probe(module, window, names)
+        run()
+        return self.probed()
 
     def stream(self, frames: np.ndarray, on_output: Callable[[p.Output], None], first_frame: int = 0) -> None:
         """Send ``frames`` ``[T, C]`` within the device's credits, then FLUSH.
@@ -337,6 +417,9 @@ class StreamResult:
     latency_us: list[float]  # mean per module and window
     cycles: list[float]  # mean per module and window (0 where the device does not count cycles)
     output_steps: list[list[int]] = field(default_factory=list)  # per sequence: step of each last-module OUTPUT
+    # per module: (microseconds, cycles, windows) of each OUTPUT message, summed over its windows (with output
+    # batching off, one run each): the real-time figures' samples
+    timings: list[list[tuple[int, int, int]]] = field(default_factory=list)
 
 
 def default_output_batch(link: DeviceLink, frames: int, channels: int, bits: int, modules: int, windows: int) -> int:
@@ -422,6 +505,7 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, exports: list, 
     exponents: dict[int, int] = {}
     counts: dict[int, int] = {}
     latency, cycles, runs = np.zeros(modules), np.zeros(modules), np.zeros(modules)
+    samples: list[list[tuple[int, int, int]]] = [[] for _ in range(modules)]
     steps: list[list[int]] = []
     for seq_index in range(s):
         link.reset()
@@ -445,6 +529,7 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, exports: list, 
                     latency[k] += timing.microseconds
                     cycles[k] += timing.cycles
                     runs[k] += out.windows
+                    samples[k].append((timing.microseconds, timing.cycles, out.windows))
 
         link.stream(frames.values[seq_index], collect)
         parts.finish()  # FLUSH's ACK came: no window may be left half sent
@@ -459,7 +544,7 @@ def run_sequences(link: DeviceLink, frames: Frames, window: int, exports: list, 
     runs[runs == 0] = 1
     outputs = [QTensor(data[k].reshape(s, t // window, -1) if exports[k].per_window else data[k], exponents[k])
                for k in reported]
-    return StreamResult(outputs, list(latency / runs), list(cycles / runs), steps)
+    return StreamResult(outputs, list(latency / runs), list(cycles / runs), steps, samples)
 
 
 def configure_pipeline(link: DeviceLink, exports: list, frames: Frames, window: int, schedule: str = "round-robin",

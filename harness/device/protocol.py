@@ -40,6 +40,11 @@ CONFIGURE_FLAG_ALL_OUTPUTS = 0x01
 MODEL_SLOTS = 16  # slots 0..15 of every runner (docs/protocol.md MODEL_BEGIN)
 MODEL_KEPT = b"\x01"  # ACK detail of MODEL_BEGIN: the slot already holds this model; no chunks or MODEL_END follow
 BAD_FRAME_REF_SEQ = 0xFFFF
+PROBE_HEADER_SIZE = 6  # module u8, window u32, name_count u8; then the names
+MAX_PROBE_NAMES = 255  # name_count is a u8
+TENSOR_HEADER_SIZE = 19  # module .. rank (13), first_element u32, the name's u16 length; + 4 x rank + the name
+MAX_TENSOR_RANK = 8
+TENSOR_BITS = (8, 16, 32)  # int8, int16, float32 (IEEE 754 binary32, exponent 0)
 
 
 class MessageType(IntEnum):
@@ -51,12 +56,14 @@ class MessageType(IntEnum):
     RESET = 0x06
     FRAMES = 0x07
     FLUSH = 0x08
+    PROBE = 0x0A  # 0x09 stays unassigned
     ACK = 0x80
     INFO = 0x81
     OUTPUT = 0x82
     CREDIT = 0x83
     LOG = 0x84
     BOOT = 0x85
+    TENSOR = 0x87  # 0x86 stays unassigned
     ERROR = 0x8F
 
     @property
@@ -694,11 +701,186 @@ class Error:
         return msg
 
 
-Message = Union[Hello, ModelBegin, ModelChunk, ModelEnd, Configure, Reset, Frames, Flush,
-                Ack, Info, Output, Credit, Log, Boot, Error]
+@dataclass(frozen=True)
+class Probe:
+    """Arm a capture (protocol.md 0x0A PROBE): when module ``module`` next runs window ``window`` (its run number
+    ``window`` since RESET/CONFIGURE, counted from 0), the device sends the tensors ``names`` of that run as TENSOR
+    messages, in this order."""
+
+    module: int
+    window: int
+    names: tuple[str, ...]  # 1..255 distinct, non-empty tensor names of the module's model
+    TYPE: ClassVar[MessageType] = MessageType.PROBE
+    _S: ClassVar = struct.Struct("<BIB")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+
+    def pack(self) -> bytes:
+        problem = _probe_names_problem(self.names)
+        if problem:
+            raise ValueError(f"PROBE {problem}")
+        return _pack(self._S, self.module, self.window, len(self.names)) + b"".join(_str(n) for n in self.names)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Probe:
+        r = _Reader(payload, "PROBE")
+        module, window, count = r.take(cls._S)
+        names = tuple(r.str() for _ in range(count))
+        r.done()
+        problem = _probe_names_problem(names)
+        if problem:
+            raise r.fail(problem)
+        return cls(module, window, names)
+
+
+def _probe_names_problem(names: tuple[str, ...]) -> str:
+    """Why ``names`` cannot be PROBE's list ("" when it can)."""
+    if not 1 <= len(names) <= MAX_PROBE_NAMES:
+        return f"name_count {len(names)}: a PROBE names 1..{MAX_PROBE_NAMES} tensors"
+    if any(not n for n in names):
+        return f"name {names.index('')} is empty"
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return f"name {n!r} appears twice"
+        seen.add(n)
+    return ""
+
+
+_TENSOR_DTYPES = {8: np.dtype("<i1"), 16: np.dtype("<i2"), 32: np.dtype("<f4")}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor a PROBE captured (protocol.md 0x87 TENSOR), or a part of it: its elements ``first_element`` ..
+    ``first_element + count - 1`` in memory (row-major) order, where ``count`` follows from the data's length.
+
+    ``shape`` is the tensor's on-chip shape in that run (NWC / NHWC as ESP-DL holds it); ``bits`` 8 and 16 are
+    int8/int16 with value = integer x 2^exponent, 32 is float32 (exponent 0)."""
+
+    module: int
+    window: int
+    step: int  # the step at which `module` ran `window`
+    index: int  # the name's position in PROBE's list
+    bits: int  # 8, 16 or 32 (float32)
+    exponent: int
+    shape: tuple[int, ...]
+    first_element: int
+    name: str
+    data: bytes
+    TYPE: ClassVar[MessageType] = MessageType.TENSOR
+    _S: ClassVar = struct.Struct("<BIIBBbB")  # module, window, step, index, bits, exponent, rank
+    _FIRST: ClassVar = struct.Struct("<I")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def elements(self) -> int:
+        """Elements of the whole tensor (1 for rank 0)."""
+        return int(np.prod(self.shape, dtype=object)) if self.shape else 1
+
+    @property
+    def element_size(self) -> int:
+        return self.bits // 8
+
+    @property
+    def count(self) -> int:
+        """Elements this message carries."""
+        return len(self.data) // self.element_size
+
+    @property
+    def is_part(self) -> bool:
+        """Only some of the tensor's elements."""
+        return self.count != self.elements
+
+    def _problem(self) -> str:
+        """Why these fields are no valid TENSOR ("" when they are)."""
+        if self.bits not in TENSOR_BITS:
+            return f"bits {self.bits} is not 8, 16 or 32"
+        if self.bits == 32 and self.exponent != 0:
+            return f"a float32 tensor has exponent 0, not {self.exponent}"
+        if len(self.shape) > MAX_TENSOR_RANK:
+            return f"rank {len(self.shape)}: a TENSOR has at most {MAX_TENSOR_RANK} dimensions"
+        if not self.name:
+            return "the name is empty"
+        if self.elements > 0xFFFFFFFF:
+            return f"shape {list(self.shape)} has {self.elements} elements, more than 2^32 - 1"
+        if len(self.data) % self.element_size:
+            return f"{len(self.data)} data bytes are not whole {self.bits}-bit elements"
+        if self.count == 0 and self.elements > 0:
+            return "no data: a TENSOR carries at least one element of a tensor that has some"
+        if self.first_element + self.count > self.elements:
+            return (f"elements {self.first_element}..{self.first_element + self.count - 1} lie beyond a tensor of "
+                    f"{self.elements} elements {list(self.shape)}")
+        return ""
+
+    def pack(self) -> bytes:
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"TENSOR {problem}")
+        head = _pack(self._S, self.module, self.window, self.step, self.index, self.bits, self.exponent,
+                     len(self.shape))
+        dims = b"".join(_pack(self._FIRST, d) for d in self.shape)
+        return head + dims + _pack(self._FIRST, self.first_element) + _str(self.name) + bytes(self.data)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Tensor:
+        r = _Reader(payload, "TENSOR")
+        module, window, step, index, bits, exponent, rank = r.take(cls._S)
+        if bits not in TENSOR_BITS:
+            raise r.fail(f"bits {bits} is not 8, 16 or 32")
+        if rank > MAX_TENSOR_RANK:
+            raise r.fail(f"rank {rank}: a TENSOR has at most {MAX_TENSOR_RANK} dimensions")
+        shape = tuple(r.take(cls._FIRST)[0] for _ in range(rank))
+        (first,) = r.take(cls._FIRST)
+        msg = cls(module, window, step, index, bits, exponent, shape, first, r.str(), r.rest())
+        problem = msg._problem()
+        if problem:
+            raise r.fail(problem)
+        return msg
+
+    def values(self) -> np.ndarray:
+        """This message's elements, 1-D: int8, int16 or float32."""
+        return np.frombuffer(self.data, dtype=_TENSOR_DTYPES[self.bits]).astype(
+            _TENSOR_DTYPES[self.bits].newbyteorder("="))
+
+    def array(self) -> np.ndarray:
+        """The whole tensor in its shape (ValueError for a part: join the parts first, TensorAssembler)."""
+        if self.is_part:
+            last = self.first_element + self.count - 1
+            raise ValueError(f"TENSOR '{self.name}' holds elements {self.first_element}..{last} of {self.elements}: "
+                             f"join its parts first")
+        return self.values().reshape(self.shape)
+
+    @classmethod
+    def from_array(cls, module: int, window: int, step: int, index: int, name: str, array: np.ndarray,
+                   exponent: int = 0) -> Tensor:
+        """The whole tensor ``array`` (int8, int16 or float32, any shape) as one TENSOR."""
+        a = np.asarray(array)
+        bits = {np.dtype(np.int8): 8, np.dtype(np.int16): 16, np.dtype(np.float32): 32}.get(a.dtype)
+        if bits is None:
+            raise ValueError(f"a TENSOR holds int8, int16 or float32 values, not {a.dtype}")
+        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+        return cls(module, window, step, index, bits, exponent if bits != 32 else 0, a.shape, 0, name, data)
+
+    def part(self, first_element: int, count: int) -> Tensor:
+        """Elements ``first_element`` .. ``first_element + count - 1`` of this whole tensor as a part."""
+        if self.is_part:
+            raise ValueError("only a whole tensor is split into parts")
+        if count < 1 or first_element < 0 or first_element + count > self.elements:
+            raise ValueError(f"elements {first_element} + {count} do not lie within {self.elements}")
+        e = self.element_size
+        return dataclasses.replace(self, first_element=first_element,
+                                   data=self.data[first_element * e:(first_element + count) * e])
+
+
+Message = Union[Hello, ModelBegin, ModelChunk, ModelEnd, Configure, Reset, Frames, Flush, Probe,
+                Ack, Info, Output, Credit, Log, Boot, Tensor, Error]
 MESSAGE_CLASSES: dict[MessageType, type] = {
-    cls.TYPE: cls for cls in (Hello, ModelBegin, ModelChunk, ModelEnd, Configure, Reset, Frames, Flush,
-                              Ack, Info, Output, Credit, Log, Boot, Error)
+    cls.TYPE: cls for cls in (Hello, ModelBegin, ModelChunk, ModelEnd, Configure, Reset, Frames, Flush, Probe,
+                              Ack, Info, Output, Credit, Log, Boot, Tensor, Error)
 }
 
 
@@ -920,6 +1102,114 @@ def join_parts(outputs, device: str = "the device") -> list[Output]:
     joined = [whole for whole in map(assembler.add, outputs) if whole is not None]
     assembler.finish()
     return joined
+
+
+# --------------------------------------------------------------------------- PROBE and TENSOR (protocol.md 7.8)
+
+def max_elements_per_tensor(max_payload: int, rank: int, name: str, bits: int) -> int:
+    """Most elements one TENSOR of a tensor of ``rank`` dimensions named ``name`` carries within ``max_payload``:
+    ``(max_payload - 19 - 4 x rank - len(name in UTF-8)) // (bits / 8)`` (0: not even one)."""
+    if bits not in TENSOR_BITS:
+        raise ValueError(f"bits must be 8, 16 or 32, got {bits}")
+    room = max_payload - TENSOR_HEADER_SIZE - 4 * rank - len(name.encode("utf-8"))
+    return max(0, min(0xFFFFFFFF, room // (bits // 8)))
+
+
+def tensor_ranges(max_payload: int, shape, name: str, bits: int) -> list[tuple[int, int]]:
+    """``(first_element, count)`` of every TENSOR a device sends for one captured tensor, in order: one message
+    when the whole tensor fits ``max_payload``, else parts of ``max_elements_per_tensor`` elements, the last the
+    rest. ValueError when not even one element fits (the device refuses such a PROBE)."""
+    elements = int(np.prod(tuple(shape), dtype=object)) if len(tuple(shape)) else 1
+    per = max_elements_per_tensor(max_payload, len(tuple(shape)), name, bits)
+    if elements == 0:
+        return [(0, 0)]
+    if per == 0:
+        raise ValueError(f"not one element of tensor '{name}' ({bits}-bit, rank {len(tuple(shape))}) fits a TENSOR "
+                         f"of {max_payload} bytes")
+    return [(first, min(per, elements - first)) for first in range(0, elements, per)]
+
+
+def split_tensor(tensor: Tensor, max_payload: int) -> list[Tensor]:
+    """What a device sends for the whole ``tensor``: itself if it fits ``max_payload``, else its parts."""
+    ranges = tensor_ranges(max_payload, tensor.shape, tensor.name, tensor.bits)
+    if len(ranges) == 1:
+        return [tensor]
+    return [tensor.part(first, count) for first, count in ranges]
+
+
+class TensorPartError(ProtocolError):
+    """The TENSOR parts of a captured tensor arrived incomplete, out of order, overlapping or inconsistent.
+
+    ``reason``: ``missing``, ``overlap``, ``incomplete`` or ``mismatch`` (as OutputPartError); ``elements`` is
+    the range ``(first, last)`` concerned."""
+
+    def __init__(self, reason: str, device: str, tensor: Tensor, elements: tuple[int, int], detail: str):
+        self.reason, self.name, self.module, self.window, self.elements = (reason, tensor.name, tensor.module,
+                                                                           tensor.window, elements)
+        super().__init__(f"{device} sent tensor '{tensor.name}' of module {tensor.module}, window {tensor.window} "
+                         f"{detail}", "the runner broke protocol.md section 7.8; see the device log")
+
+
+_TENSOR_HEADER = ("module", "window", "step", "index", "bits", "exponent", "shape", "name")
+
+
+class TensorAssembler:
+    """Joins TENSOR parts into whole tensors (protocol.md section 7.8), checking their order.
+
+    ``add(tensor)`` returns the whole tensor (a TENSOR with every element) once its last part is in, else None;
+    ``finish()`` when no more may come. Either raises ``TensorPartError``. A tensor's parts come one after the
+    other: another tensor before its last element is an error."""
+
+    def __init__(self, device: str = "the device"):
+        self.device = device
+        self._parts: list[Tensor] = []
+        self._next = 0
+
+    @property
+    def pending(self) -> Tensor | None:
+        return self._parts[0] if self._parts else None
+
+    def _error(self, reason: str, t: Tensor, elements: tuple[int, int], detail: str) -> TensorPartError:
+        self._parts, self._next = [], 0
+        return TensorPartError(reason, self.device, t, elements, detail)
+
+    def _incomplete(self, why: str) -> TensorPartError:
+        first = self._parts[0]
+        return self._error("incomplete", first, (self._next, first.elements - 1),
+                           f"incomplete: elements {self._next}..{first.elements - 1} of {first.elements} are missing "
+                           f"({why})")
+
+    def add(self, t: Tensor) -> Tensor | None:
+        last = t.first_element + t.count - 1
+        if self._parts:
+            first = self._parts[0]
+            if (t.module, t.window, t.index, t.name) != (first.module, first.window, first.index, first.name):
+                raise self._incomplete(f"tensor '{t.name}' (index {t.index}) came next")
+            differs = [f for f in _TENSOR_HEADER if getattr(t, f) != getattr(first, f)]
+            if differs:
+                raise self._error("mismatch", t, (t.first_element, last),
+                                  f"inconsistently: the part of elements {t.first_element}..{last} differs from the "
+                                  f"first part in {', '.join(differs)}")
+        if t.first_element > self._next:
+            raise self._error("missing", t, (self._next, t.first_element - 1),
+                              f"out of order: elements {self._next}..{t.first_element - 1} are missing (the next part "
+                              f"has elements {t.first_element}..{last})")
+        if t.first_element < self._next:
+            raise self._error("overlap", t, (t.first_element, min(last, self._next - 1)),
+                              f"overlapping: the part of elements {t.first_element}..{last} repeats elements "
+                              f"{t.first_element}..{min(last, self._next - 1)}, already received")
+        if not t.is_part:
+            return t
+        self._parts.append(t)
+        self._next = last + 1
+        if self._next < t.elements:
+            return None
+        parts, self._parts, self._next = self._parts, [], 0
+        return dataclasses.replace(parts[0], first_element=0, data=b"".join(p.data for p in parts))
+
+    def finish(self) -> None:
+        if self._parts:
+            raise self._incomplete("no more came")
 
 
 def max_chunk_size(max_payload: int) -> int:

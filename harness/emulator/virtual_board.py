@@ -23,6 +23,7 @@ parsed models there for the next process (the harness passes its cache directory
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import hashlib
 import os
@@ -78,12 +79,13 @@ class ParsedModels:
         self._keep = keep
         self._reader = code_digest("harness.espdl.reader")[:16] if directory is not None else ""
 
-    def get(self, data: bytes, sha256: bytes, name: str):
+    def get(self, data: bytes, sha256: bytes, name: str | None, path: Path | None = None):
+        """The model in ``data`` (read from ``path`` as ``load_espdl`` reads a file, when given)."""
         model = self._memory.pop(sha256, None) or self._from_disk(sha256)
         if model is None:
             from harness.espdl.reader import load_espdl
 
-            model = load_espdl(data, name=name)
+            model = load_espdl(path) if path is not None else load_espdl(data, name=name)
             self._to_disk(sha256, model)
         self._memory[sha256] = model  # most recently used last
         while len(self._memory) > self._keep:
@@ -200,6 +202,8 @@ class Board:
     def _restart_stream(self) -> None:
         self._timings: dict[int, list[p.Timing]] = {}
         self._batches: dict[int, Batch] = {}
+        self._runs = [0] * len(self.modules)  # module k's runs since RESET/CONFIGURE: its next is on window runs[k]
+        self._probe: p.Probe | None = None  # the armed probe (protocol.md 7.8); RESET and CONFIGURE discard it
         for runtime in self.modules:
             runtime.reset()
         if self.scheduler is not None:
@@ -224,6 +228,7 @@ class Board:
             p.Reset: self._reset,
             p.Frames: self._frames,
             p.Flush: self._flush,
+            p.Probe: self._probe_request,
         }.get(type(message))
         try:
             if handler is None:
@@ -415,6 +420,53 @@ class Board:
             self._send_batch(module)
         return b""
 
+    def _probe_request(self, m: p.Probe):
+        """PROBE (protocol.md 0x0A): the checks in the document's order; the capture happens in ``_run``."""
+        self._probe = None  # at most one probe: a new PROBE discards the armed one, a failed one leaves none
+        if self.scheduler is None:
+            raise BoardError(p.ErrorCode.NOT_CONFIGURED, "PROBE before CONFIGURE")
+        k = m.module
+        if k >= len(self.modules):
+            raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: the configuration has {len(self.modules)} modules")
+        if m.window < self._runs[k]:
+            raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k} has already run window {m.window} ({self._runs[k]} "
+                                                     f"runs since RESET): arm a probe before its window runs")
+        engine = self.modules[k].engine
+        model = engine.model
+        # a graph input, or the output of a node the engine runs (what ESP-DL's context holds)
+        known = [i.name for i in engine.inputs] + sorted(engine.produced - {""})
+        for name in m.names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: no tensor '{name}' in model {model.name}"
+                                                         + (f"; close: {', '.join(close)}" if close else ""))
+            info = model.tensor_info(name)
+            dtype = info.dtype if info is not None else ""
+            bits = {"int8": 8, "int16": 16, "float32": 32}.get(dtype)
+            if bits is None or (bits != 32 and not info.exponents):
+                what = dtype or "of a type the model does not give"
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: tensor '{name}' is {what}: PROBE takes int8, "
+                                                         f"int16 and float32 tensors")
+            if p.max_elements_per_tensor(self.max_payload, len(info.shape), name, bits) == 0:
+                raise BoardError(p.ErrorCode.BAD_CONFIG, f"module {k}: tensor '{name}' does not fit a TENSOR of "
+                                                         f"{self.max_payload} bytes")
+        self._probe = m
+        return b""
+
+    def _captured(self, task: Task, step: int, env: dict[str, np.ndarray]) -> list:
+        """The armed probe's TENSORs of this run (protocol.md 7.8): graph inputs as fed, every other tensor as its
+        node wrote it (the engine keeps every value of the run), each whole or in parts."""
+        runtime, probe = self.modules[task.module], self._probe
+        messages = []
+        for index, name in enumerate(probe.names):
+            value = np.ascontiguousarray(env[name])
+            if value.dtype not in (np.int8, np.int16, np.float32):
+                raise BoardError(p.ErrorCode.INTERNAL, f"module {task.module}: tensor '{name}' came out {value.dtype}")
+            exponent = 0 if value.dtype == np.float32 else runtime.engine.exponent(name)
+            whole = p.Tensor.from_array(task.module, task.window, step, index, name, value, exponent)
+            messages.extend(p.split_tensor(whole, self.max_payload))
+        return messages
+
     # -------------------------------------------------------------- execution
     def _run(self, task: Task, step: int):
         runtime = self.modules[task.module]
@@ -424,9 +476,14 @@ class Board:
         feeds = {runtime.config.input: np.ascontiguousarray(x).reshape(runtime.input_shape)}
         if runtime.cache is not None:
             feeds[runtime.config.cache_input] = runtime.cache
+        probed = self._probe is not None and (self._probe.module, self._probe.window) == (task.module, task.window)
         start = time.perf_counter_ns()
-        outputs = runtime.engine.run(feeds)
+        outputs = runtime.engine.run(feeds, keep=probed)  # probed: every tensor of the run, graph inputs included
         elapsed_us = (time.perf_counter_ns() - start) // 1000
+        self._runs[task.module] += 1
+        if probed:  # right after the run, before its OUTPUT and the step's CREDIT
+            self._out.extend(self._captured(task, step, outputs))
+            self._probe = None
         if runtime.cache is not None:
             runtime.cache = outputs[runtime.config.cache_output].reshape(runtime.cache.shape)
         y = outputs[runtime.config.output]
@@ -671,7 +728,13 @@ class VirtualBoard:
         self.process: subprocess.Popen | None = None
         self.port = ""
 
-    def start(self, timeout: float = 30.0) -> "VirtualBoard":
+    def launch(self) -> "VirtualBoard":
+        """Start the process and return at once (it powers up while the caller goes on); ``start`` waits for it."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.port = ""  # a board that died (or was stopped) powers up as a new process, on a new pty
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = list(self.command or [sys.executable, "-m", "harness.emulator.virtual_board", "--target", self.target])
         if self.model_cache is not None and self.command is None:
@@ -686,6 +749,13 @@ class VirtualBoard:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             cwd=PACKAGE.parent,  # where `harness` is importable from
         )
+        return self
+
+    def start(self, timeout: float = 30.0) -> "VirtualBoard":
+        """The running board, its pty known (launched now unless ``launch`` did it before)."""
+        if self.port and self.process.poll() is None:
+            return self
+        self.launch()
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline().decode().strip() if ready else ""
         if not line.startswith("PTY "):
@@ -765,4 +835,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # powered off: the interpreter's teardown would only keep the parent waiting

@@ -13,6 +13,17 @@ returns the entries ESP-PPQ's ``insert_streaming_cache_on_var`` builds, for tens
 auto-streaming cannot cache by itself (a slice of the last frames before a classifier); they go to
 every streaming export, and their value is part of the export's cache key.
 
+Optional for every model the harness quantizes (``explicit``, ``auto``)::
+
+    def calibration_data(config) -> array [S, T, C]   # real sequences, time-major like frames
+    def quant_setting(setting) / quant_setting(setting, target)   # adjust ESP-PPQ's espdl setting
+    def metric(outputs, labels) -> dict[str, float]    # replaces top-1 accuracy in the report (any model)
+
+``calibration_data`` is called on **every** run, also when the spec index describes the spec (the spec is
+then imported for it): its value is hashed into the quantization cache key, so other data is another
+calibration. ``quant_setting``'s effect is keyed by its source (the spec's source digest covers the file
+that defines it).
+
 The harness reads the keys in ``HARNESS_KEYS`` from ``CONFIG`` (with the
 defaults below); every other key is the model's own and is only hashed into
 the artifact cache key.
@@ -54,6 +65,7 @@ HARNESS_KEYS: dict[str, Any] = {
     "sequences": 2,  # frame sequences streamed per case
     "tolerance_lsb": 0,  # allowed |streamed - offline| in LSB
     "tolerance_reason": "",  # why a non-zero tolerance is right (shown in reports)
+    "frame_period_ms": None,  # hop between frames in milliseconds (e.g. 10 for audio): real-time figures
 }
 
 MODELS_DIR = shipped("models")
@@ -77,6 +89,8 @@ class ModelSpec:
     module: Any = field(default=None, repr=False)  # the imported spec; None until a function is needed
     digest_files: tuple[Path, ...] | None = field(default=None, repr=False)  # what source_digest hashed last time
     on_digest: Callable | None = field(default=None, repr=False)  # told the files of each new source digest
+    # calibration_data's checked array per config (one call per run, whatever the number of targets)
+    _calibration: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     @property
     def build_submodels(self) -> Callable | None:
@@ -85,6 +99,125 @@ class ModelSpec:
     @property
     def streaming_table(self) -> Callable | None:
         return self.function("streaming_table")
+
+    @property
+    def calibration_data(self) -> Callable | None:
+        """The spec's ``calibration_data(config)``, or None (the harness then calibrates on random sequences)."""
+        return self.function("calibration_data")
+
+    @property
+    def quant_setting(self) -> Callable | None:
+        """The spec's ``quant_setting(setting)`` / ``quant_setting(setting, target)``, or None."""
+        return self.function("quant_setting")
+
+    @property
+    def metric(self) -> Callable | None:
+        """The spec's ``metric(outputs, labels)``, or None (the report then shows top-1 accuracy)."""
+        return self.function("metric")
+
+    def calibration_array(self):
+        """``calibration_data(config)`` as a checked float32 ``[sequences, sequence_length, channels]`` numpy
+        array, or None when the spec defines none.
+
+        Correctness before start-up time: the spec index describes an unchanged spec without importing it, but a
+        spec with ``calibration_data`` is imported for this and the function is called on every run (once per
+        config), since its data may come from files the source digest does not cover. The quantizer hashes the
+        result into the cache key (``harness.ppq.quantize``).
+        """
+        if "calibration_data" not in self.hooks:
+            return None
+        memo = self.config_json()
+        if memo not in self._calibration:
+            self._calibration[memo] = self._checked_calibration(self.calibration_data)
+        return self._calibration[memo]
+
+    def _checked_calibration(self, function: Callable):
+        import numpy as np
+
+        t, c = self.sequence_length, self.channels
+        fix = f"return real float sequences shaped [sequences, {t}, {c}] (time-major, like --frames)"
+        try:
+            raw = function(dict(self.config))
+        except Exception as exc:  # a user function: one line, not a traceback
+            raise _fail(self.path, f"calibration_data() raised {_one_line(exc)}", "fix the function; " + fix) from exc
+        try:
+            if hasattr(raw, "detach") and hasattr(raw, "cpu"):  # a torch tensor (maybe on a device, with grad)
+                raw = raw.detach().cpu().numpy()
+            array = np.asarray(raw)
+        except Exception as exc:  # a ragged list, an object numpy cannot take
+            raise _fail(self.path, f"calibration_data() returned {type(raw).__name__}, not an array "
+                                   f"({_one_line(exc)})", fix) from exc
+        if array.dtype.kind != "f":
+            raise _fail(self.path, f"calibration_data() returned dtype {array.dtype}, not floats", fix)
+        if array.ndim != 3:
+            raise _fail(self.path, f"calibration_data() returned shape {list(array.shape)}, not 3-D "
+                                   f"[sequences, frames, channels]", fix)
+        s = array.shape[0]
+        if s < 1:
+            raise _fail(self.path, f"calibration_data() returned no sequences (shape {list(array.shape)})",
+                        "return at least one sequence; " + fix)
+        if array.shape[1] != t:
+            raise _fail(self.path, f"calibration_data() returned sequences of {array.shape[1]} frames (shape "
+                                   f"{list(array.shape)}), not CONFIG['sequence_length'] = {t}", fix)
+        if array.shape[2] != c:
+            raise _fail(self.path, f"calibration_data() returned {array.shape[2]} channels (shape "
+                                   f"{list(array.shape)}), not CONFIG['channels'] = {c}", fix)
+        with np.errstate(over="ignore"):  # beyond float32's range: caught as not finite below
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        finite = np.isfinite(array)
+        if not finite.all():
+            where = [int(i) for i in np.argwhere(~finite)[0]]
+            raise _fail(self.path, f"calibration_data() value {array[tuple(where)]} at index {where} is not finite "
+                                   f"in float32 ({int((~finite).sum())} of {array.size} values are NaN or infinite)",
+                        "replace NaN/inf values (e.g. with numpy.nan_to_num) and keep values within float32's range")
+        array.setflags(write=False)
+        return array
+
+    def adjust_setting(self, setting, target: str):
+        """ESP-PPQ's espdl ``QuantizationSetting`` after the spec's ``quant_setting`` (the same object when the
+        spec has none, or when the function modifies it in place and returns nothing)."""
+        function = self.quant_setting
+        if function is None:
+            return setting
+        fix = "modify the QuantizationSetting it is given (or return a new one); see README, 'Adding a model'"
+        try:
+            takes_target = len(inspect.signature(function).parameters) > 1
+            result = function(setting, target) if takes_target else function(setting)
+        except Exception as exc:  # a user function: one line, not a traceback
+            raise _fail(self.path, f"quant_setting() raised {_one_line(exc)}", fix) from exc
+        if result is None:
+            return setting
+        if not isinstance(result, type(setting)):
+            raise _fail(self.path, f"quant_setting() returned {type(result).__name__}, not a QuantizationSetting", fix)
+        return result
+
+    def evaluate(self, outputs, labels) -> dict[str, float]:
+        """The spec's ``metric(outputs, labels)``, checked: a dict of names to finite floats (one line if not).
+
+        None when the spec defines no metric (the report then uses top-1 accuracy).
+        """
+        function = self.metric
+        if function is None:
+            return None
+        fix = "return a dict of metric names to numbers, e.g. {'accuracy': 0.93}"
+        try:
+            result = function(outputs, labels)
+        except Exception as exc:  # a user function: one line, not a traceback
+            raise _fail(self.path, f"metric() raised {_one_line(exc)}", fix) from exc
+        if not isinstance(result, dict) or not result:
+            raise _fail(self.path, f"metric() returned {result!r:.80}", fix)
+        import math
+
+        checked = {}
+        for name, value in result.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if not isinstance(name, str) or not math.isfinite(number):
+                raise _fail(self.path, f"metric() returned {name!r}: {value!r:.40}", fix + " (str keys, finite numbers)")
+            checked[name] = number
+        return checked
 
     def with_functions(self, **functions: Callable | None) -> "ModelSpec":
         """A copy whose functions ``functions`` replace the spec's (None: it defines none), e.g. another table."""
@@ -158,8 +291,13 @@ class ModelSpec:
             files = set(self.digest_files)
         else:
             files = {self.path, *self.sources}
-            if self.streaming_table is not None and inspect.getsourcefile(self.streaming_table):
-                files.add(Path(inspect.getsourcefile(self.streaming_table)).resolve())
+            for name in sorted(self.hooks):  # streaming_table, quant_setting, ... wherever they are defined
+                try:
+                    src = inspect.getsourcefile(self.function(name))
+                except TypeError:  # a builtin or a C function: no source file
+                    src = None
+                if src and _user_file(Path(src).resolve()):
+                    files.add(Path(src).resolve())
             for sub in submodels:
                 for module in sub.modules():
                     src = inspect.getsourcefile(type(module))
@@ -183,7 +321,61 @@ def _fail(path: Path, cause: str, fix: str) -> ConfigError:
     return ConfigError(f"model spec {path}: {cause}", fix)
 
 
-FUNCTIONS = ("build_submodels", "streaming_table")  # what a spec may define, besides its constants
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of a user function's exception on one line (no traceback)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# what a spec may define, besides its constants; each is an accessor of ModelSpec and listed in its ``hooks``
+FUNCTIONS = ("build_submodels", "streaming_table", "calibration_data", "quant_setting", "metric")
+# the arguments each may be called with (its signature must take one of them)
+_SIGNATURES = {"build_submodels": [("config",)], "streaming_table": [("config",), ("config", "window")],
+               "calibration_data": [("config",)], "quant_setting": [("setting",), ("setting", "target")],
+               "metric": [("outputs", "labels")]}
+QUANTIZATION_HOOKS = ("calibration_data", "quant_setting")  # only for models the harness quantizes
+
+
+def _check_functions(module, path: Path, streaming: str) -> frozenset[str]:
+    """The FUNCTIONS the spec defines, each a function taking its arguments (one line if not)."""
+    hooks = set()
+    for name in FUNCTIONS:
+        value = getattr(module, name, None)
+        if value is None:
+            continue
+        calls = [f"{name}({', '.join(args)})" for args in _SIGNATURES[name]]
+        if not callable(value):
+            raise _fail(path, f"{name} is a {type(value).__name__}, not a function", f"define def {calls[0]}: ...")
+        if streaming == "exported" and name in QUANTIZATION_HOOKS:
+            raise _fail(path, f"{name}() applies to models the harness quantizes, and an exported spec's files are "
+                              f"already quantized", f"remove {name}, or quantize with it in your own export pipeline")
+        try:
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):  # no signature to inspect (a builtin): called as is
+            signature = None
+        if signature is not None and not any(_binds(signature, args) for args in _SIGNATURES[name]):
+            raise _fail(path, f"{name}{signature} cannot be called as {' or '.join(calls)}",
+                        f"define def {calls[0]}: ...")
+        hooks.add(name)
+    return frozenset(hooks)
+
+
+def _binds(signature: inspect.Signature, args: tuple[str, ...]) -> bool:
+    try:
+        signature.bind(*args)
+        return True
+    except TypeError:
+        return False
+
+
+def _check_frame_period(path: Path, config: dict) -> None:
+    period = config.get("frame_period_ms")
+    if period is None:
+        return
+    if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0 or period == float("inf"):
+        raise _fail(path, f"CONFIG['frame_period_ms'] is {period!r}, not a positive number of milliseconds",
+                    "set the hop between frames, e.g. 10 for 10 ms audio frames, or leave it out")
 
 
 def load_spec(path: str | Path, index=None) -> ModelSpec:
@@ -206,9 +398,14 @@ def load_spec(path: str | Path, index=None) -> ModelSpec:
     if streaming not in STREAMING_MODES:
         raise _fail(path, f"STREAMING is {streaming!r}", f"set STREAMING to one of {', '.join(STREAMING_MODES)}")
     if streaming == "exported":
+        from dataclasses import replace
+
         from harness.model.exported import load_exported_spec
 
-        return load_exported_spec(module, path, name, {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})})
+        hooks = _check_functions(module, path, streaming)
+        config = {**HARNESS_KEYS, **(getattr(module, "CONFIG", None) or {})}
+        _check_frame_period(path, config)
+        return replace(load_exported_spec(module, path, name, config), hooks=hooks & {"metric"})
     build = getattr(module, "build_submodels", None)
     if not callable(build):
         raise _fail(path, "build_submodels(config) is missing", "define it to return the list of sub-models")
@@ -216,7 +413,7 @@ def load_spec(path: str | Path, index=None) -> ModelSpec:
     if table is not None and (not callable(table) or streaming != "auto"):
         raise _fail(path, "streaming_table must be a function, and only auto-streaming models use one",
                     "define streaming_table(config) in a STREAMING = 'auto' spec, or remove it")
-    hooks = frozenset(n for n in FUNCTIONS if callable(getattr(module, n, None)))
+    hooks = _check_functions(module, path, streaming)
     spec = _validated(path, name, streaming, getattr(module, "CONFIG", None), hooks, module, local_sources(module), index)
     if index is not None:
         index.remember(spec)
@@ -239,6 +436,7 @@ def _validated(path: Path, name: str, streaming: str, user_config, hooks: frozen
             raise _fail(path, f"CONFIG['{key}'] must be a positive int", f"set CONFIG['{key}']")
     if config["tolerance_lsb"] and not config["tolerance_reason"]:
         raise _fail(path, "a non-zero tolerance_lsb needs a tolerance_reason", "say why the residual is expected")
+    _check_frame_period(path, config)
     loaded = ModelSpec(name, streaming, config, path, sources=sources, hooks=hooks, module=module,
                        digest_files=tuple(Path(p) for p in digest_files) if digest_files is not None else None,
                        on_digest=index.remember if index is not None else None)
@@ -256,8 +454,10 @@ def _import(path: Path):
     search = [str(path.parent), str(MODELS_DIR.parent)]  # the spec's siblings, and `models.*`
     sys.path[:0] = search
     _forget_other_siblings(path.parent)
+    before = set(sys.modules)
     try:
         spec.loader.exec_module(module)
+        _remember_siblings(path.parent, before)
     except Exception as exc:  # a user file: any error must become one clear line
         sys.modules.pop(module_name, None)
         raise _fail(
@@ -269,18 +469,46 @@ def _import(path: Path):
     return module
 
 
+_SIBLINGS: dict[str, tuple[Path, str]] = {}  # sibling modules a spec import loaded: name -> (file, its sha256 then)
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _forget_other_siblings(directory: Path) -> None:
-    """Let a spec import its own sibling modules: another spec's same-named sibling (``layers.py`` next to each)
-    leaves ``sys.modules``; the spec that imported it keeps its module object."""
+    """Let a spec import its own sibling modules, as they are now: another spec's same-named sibling (``layers.py``
+    next to each) leaves ``sys.modules``, and so does one an earlier spec import loaded whose file has changed
+    since (the source digest sees the edit, so the code must be the edited one); a spec that imported one keeps
+    its module object."""
     for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None)
         if origin is None or "." in name:
             continue
         own = directory / f"{name}.py", directory / name / "__init__.py"
         file = Path(origin).resolve()
-        if any(f.is_file() for f in own) and _user_file(file) and file not in {f.resolve() for f in own}:
-            for dotted in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
-                del sys.modules[dotted]
+        if not any(f.is_file() for f in own) or not _user_file(file):
+            continue
+        if file in {f.resolve() for f in own}:
+            loaded = _SIBLINGS.get(name)
+            if loaded is None or loaded[0] != file or loaded[1] == _file_sha256(file):
+                continue  # not loaded for a spec, or unchanged: keep it
+        for dotted in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[dotted]
+
+
+def _remember_siblings(directory: Path, before: set[str]) -> None:
+    """The sibling modules of ``directory`` a spec import just loaded, with their files' sha256."""
+    for name in set(sys.modules) - before:
+        origin = getattr(sys.modules[name], "__file__", None)
+        if origin is None or "." in name:
+            continue
+        file = Path(origin).resolve()
+        if file.parent == directory.resolve() or file.parent.parent == directory.resolve():
+            _SIBLINGS[name] = (file, _file_sha256(file))
 
 
 def _described_module(spec: ModelSpec):

@@ -18,7 +18,7 @@ import pytest
 from harness import compat
 from harness.errors import HarnessError
 from harness.plugin.options import OPTIONS, PATH_OPTIONS, Case, ModelCase, add_options, hidden_ini, settings_from
-from harness.plugin.recording import CASE, PHASES, Recorder, comparison_fields, failed, identity, plain
+from harness.plugin.recording import CASE, PHASES, Recorder, comparison_fields, failed, identity, junit_properties, plain
 from harness.plugin.state import SESSION, SETTINGS, HilSession, session_of
 from harness.resources import shipped
 
@@ -66,6 +66,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [*config.args, str(shipped("test_cases"))]
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(Recorder(config), "espdl-hil-recorder")
+    if config.stash[SETTINGS].dut == "virtual" and not config.option.collectonly:
+        session_of(config).launch_boards()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run that ends before its session finishes (a usage error, an interrupt) still powers its boards off."""
+    if SESSION in config.stash:
+        hil = config.stash[SESSION]
+        hil.close()
+        if hil.plotter is not None:
+            hil.plotter.close()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -198,9 +209,12 @@ def device(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSessi
     link, fresh = hil_session.device(target, port)
     before = dataclasses.replace(link.stats)
     yield link
+    from harness.signoff.provenance import device_provenance
+
     request.node.stash.setdefault(CASE, {}).update(
         device_fresh=fresh, models_uploaded=link.stats.models_uploaded - before.models_uploaded,
-        models_kept=link.stats.models_kept - before.models_kept)
+        models_kept=link.stats.models_kept - before.models_kept,
+        device_info=device_provenance(link, "virtual" if port is None else "board", port))
     if port is None:
         board = hil_session.board_if_running(target)
         if failed(request.node) or board is None or board.exit_reason():
@@ -216,14 +230,10 @@ def device_offline(hil_case: Case, hil_session: HilSession, quantized_model, fra
     A per-window last module: on the offline export of each judged prefix (``harness.verdict.per_window``).
     Memoized per device and length: it does not depend on the case's window size.
     """
-    from harness.device.dut import stream_pipeline
-    from harness.verdict.per_window import expected_outputs, prefix
+    from harness.verdict.per_window import expected_outputs
 
     def on(length: int):
-        def run():
-            exports = hil_session.quantizer.offline_exports(quantized_model, length)
-            return stream_pipeline(device, exports, prefix(frames, length), length)
-        return hil_session.offline_on(device, hil_case, run, length)
+        return hil_session.offline_on(device, hil_case, quantized_model, frames, length)
 
     whole = on(frames.sequence_length)
     outputs = expected_outputs(quantized_model, hil_case.window, frames.sequence_length, whole.outputs,
@@ -232,12 +242,15 @@ def device_offline(hil_case: Case, hil_session: HilSession, quantized_model, fra
 
 
 @pytest.fixture
-def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: HilSession, quantized_model):
-    """Stage 5: record what a case measured (into session.json via its pytest report) and save its streams.
+def record_case(request: pytest.FixtureRequest, hil_session: HilSession):
+    """Stage 5: record what a case measured (into session.json via its pytest report and into JUnit properties)
+    and save its streams; for a ``hil_case`` or a ``hil_model`` test.
 
     ``record(*verdicts, arrays={name: QTensor}, **fields)``: each ``harness.verdict.compare.Verdict`` contributes its
     fields; a plain ``Comparison`` (one question, e.g. the host check) its figures.
     """
+    hil_case = request.getfixturevalue("hil_case" if "hil_case" in request.fixturenames else "hil_model")
+    quantized_model = hil_session.quantizer.model(hil_case.spec, hil_case.target)
 
     def record(*results, arrays: dict | None = None, **extra) -> None:
         import numpy as np
@@ -247,14 +260,34 @@ def record_case(request: pytest.FixtureRequest, hil_case: Case, hil_session: Hil
         directory = hil_session.settings.artifacts_dir / "cases" / f"{request.node.originalname}[{hil_case.id}]"
         directory.mkdir(parents=True, exist_ok=True)
         for name, tensor in (arrays or {}).items():
-            np.save(directory / f"{name}.npy", tensor.data)
+            np.save(directory / f"{name}.npy", getattr(tensor, "data", tensor))  # a QTensor's integers, or an array
         fields = {"tolerance_reason": quantized_model.tolerance_reason or None,
-                  "lint": [f"module {m.index}: {f}" for m in quantized_model.modules for f in m.lint]}
+                  "lint": [f"module {m.index}: {f}" for m in quantized_model.modules for f in m.lint],
+                  **case_provenance(request, hil_session, quantized_model)}
         for result in results:
             fields.update(comparison_fields(result) if isinstance(result, Comparison) else result.fields())
         request.node.stash.setdefault(CASE, {}).update(fields, **extra)
+        request.node.user_properties.extend(junit_properties(plain({**fields, **extra})))  # record_property
 
     return record
+
+
+def case_provenance(request: pytest.FixtureRequest, hil_session: HilSession, qm) -> dict:
+    """What a case ran on: the sha256 of each ``.espdl`` it used (its window's streaming files and the offline
+    ones), where its frames and the model's calibration data came from."""
+    from harness.ppq.quantize import file_sha256
+
+    files = {f"{m.index}/offline": file_sha256(m.offline_espdl) for m in qm.modules if m.offline_espdl.is_file()}
+    if "streaming_exports" in request.fixturenames:
+        files.update({f"{e.module}/W{e.window}": file_sha256(e.path)
+                      for e in request.getfixturevalue("streaming_exports")})
+    frames = hil_session.frames_if_made(qm.spec.name, qm.target.name)
+    source = None
+    if frames is not None:
+        manifest = frames.manifest()
+        source = {k: manifest.get(k) for k in ("source", "seed", "sha256", "file_sha256") if manifest.get(k) is not None}
+    return {"espdl_sha256": files, "frames_source": source,
+            "calibration_source": getattr(qm, "calibration_source", None), "cache_entry": qm.directory.name}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -275,6 +308,16 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     return report
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """The process that writes the report prepares its plotting while the cases run (``harness.signoff.plots``)."""
+    if SETTINGS in session.config.stash and not hasattr(session.config, "workerinput") and not session.config.option.collectonly:
+        from harness.signoff import plots
+
+        if plots.available() is None:
+            session_of(session.config).plotter = plots.Plotter()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     settings = config.stash.get(SETTINGS, None)
@@ -287,7 +330,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     hil.report.calibrations += hil.quantizer.calibrations
     hil.report.exports += hil.quantizer.exports
-    hil.report.write(settings.artifacts_dir)
+    hil.report.write(settings.artifacts_dir, settings.cache_dir / "plots", hil.plotter)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

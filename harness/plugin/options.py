@@ -92,9 +92,10 @@ def add_options(parser: pytest.Parser) -> None:
                     help="a model spec file to add (repeatable). Default: none")
     group.addoption("--artifacts-dir", default="artifacts", metavar="DIR",
                     help="where session.json, report.md, frames and case streams go. Default: artifacts (under the rootdir)")
-    group.addoption("--frames-file", "--frames", dest="frames_file", default=None, metavar="NPY",
-                    help="float frames [T, C] or [S, T, C] instead of generated ones. Default: generated from each "
-                         "model's seed (an exported model's embedded test input)")
+    group.addoption("--frames-file", "--frames", dest="frames_file", default=None, metavar="NPY|NPZ",
+                    help="float frames [T, C] or [S, T, C] (.npy), or an .npz with 'frames' and optional integer "
+                         "'labels' [S, T] or [S], instead of generated ones. Default: generated from each model's "
+                         "seed (an exported model's embedded test input)")
     group.addoption(
         "--hil-dut", "--dut", dest="hil_dut", default="auto", choices=("auto", "virtual", "board"),
         help="device under test: board (never falls back), virtual, or auto (a board if one is found, else the virtual "
@@ -146,10 +147,11 @@ def settings_from(config: pytest.Config) -> Settings:
 
 
 def check_frames(path: Path, specs: list[ModelSpec], windows: list[int]) -> None:
-    """A ``--frames`` file every selected model can stream at every window size, or one line why not."""
-    from harness.model.frames import check_frames_shape, load_frames_file
+    """A ``--frames`` file (``.npy``, or ``.npz`` with its labels) every selected model can stream at every window
+    size, or one line why not."""
+    from harness.model.frames import check_frames_shape, read_frames_file
 
-    floats = load_frames_file(path)
+    floats = read_frames_file(path).floats  # an .npz's labels are checked against its frames here
     for spec in specs:
         length = check_frames_shape(floats, path, spec).shape[1]
         bad = [w for w in windows if length % w]

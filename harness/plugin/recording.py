@@ -16,6 +16,32 @@ def comparison_fields(c) -> dict:
     }
 
 
+def junit_properties(fields: dict) -> list[tuple[str, object]]:
+    """A case's headline figures as JUnit ``<property>`` pairs (``record_property``): both verdicts' LSB figures,
+    SNR, and the round-robin run's p99 latency and real-time factor."""
+    keys = ("streaming_verdict", "streaming_max_abs_lsb", "streaming_mismatches", "fidelity_verdict",
+            "fidelity_max_abs_lsb", "fidelity_bound_lsb", "max_abs_lsb", "mismatches", "snr_db")
+    pairs = [(k, fields[k]) for k in keys if fields.get(k) is not None]
+    realtime = (fields.get("realtime") or {}).get("round-robin")
+    if realtime:
+        p99 = [m["us"]["p99"] for m in realtime["modules"] if m["us"]["p99"] is not None]
+        unit = "host_us" if realtime["host_time"] else "us"
+        if p99:
+            pairs.append((f"latency_p99_{unit}", round(max(p99), 1)))
+        if realtime["worst_step_us"] is not None:
+            pairs.append((f"worst_step_{unit}", round(realtime["worst_step_us"], 1)))
+        if realtime["rtf"] is not None:
+            pairs.append(("rtf_host" if realtime["host_time"] else "rtf", round(realtime["rtf"], 4)))
+    accuracy = fields.get("accuracy") or {}
+    for key in ("snr_db", "cosine"):
+        if (accuracy.get("end_to_end") or {}).get(key) is not None:
+            pairs.append((f"quantization_{key}", round(accuracy["end_to_end"][key], 4)))
+    for key, value in {**(accuracy.get("task") or {}), **(fields.get("task") or {})}.items():
+        if isinstance(value, (int, float)):
+            pairs.append((f"task_{key}", round(float(value), 4)))
+    return pairs
+
+
 CASE = pytest.StashKey[dict]()  # what a case measured
 
 
@@ -41,15 +67,29 @@ def identity(item: pytest.Item) -> dict | None:
 
 
 def plain(data: dict) -> dict:
-    """Only JSON types (numpy scalars and arrays converted): what xdist can ship and session.json can hold."""
+    """Only JSON types (numpy scalars and arrays converted): what xdist can ship and session.json can hold.
+
+    A non-finite float (an exact match's SNR is infinite) becomes the string "inf", "-inf" or "nan": strict JSON has
+    no such numbers (docs/session.schema.json).
+    """
     import json
+    import math
 
     def convert(value):
         if hasattr(value, "tolist"):
-            return value.tolist()
+            return finite(value.tolist())
         raise TypeError(f"cannot record {type(value).__name__} in session.json")
 
-    return json.loads(json.dumps(data, default=convert))
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.loads(json.dumps(finite(data), default=convert, allow_nan=False))
 
 
 class Recorder:
@@ -69,6 +109,10 @@ class Recorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         category = self.config.hook.pytest_report_teststatus(report=report, config=self.config)[0]
         self.report.add_report(report, category)
+        hil = session_of(self.config)
+        case = getattr(report, "espdl_hil", None)
+        if report.when == "call" and case is not None and hil.plotter is not None:  # its plot is drawn meanwhile
+            hil.plotter.latency(hil.settings.artifacts_dir, case)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:  # pytest counts a collection error as an error of the run

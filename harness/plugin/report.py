@@ -8,11 +8,14 @@ every worker's reports (measurements ride on them), and the workers' stage
 counters arrive through xdist's ``workeroutput``; nothing is read back from
 files an earlier run may have left.
 
-``session.json`` = ``{"schema", "run", "dut", "dut_reason", "targets", "calibrations",
-"exports", "summary", "other_tests", "cases": [...]}``; each case has its
+``session.json`` = ``{"schema", "run", "provenance", "dut", "dut_reason", "targets", "calibrations",
+"exports", "summary", "other_tests", "models": [...], "cases": [...]}``; each case has its
 node id, target, model, window, ``outcome`` (pytest's word), ``verdict``,
 ``message`` and, where the case measured them, the numbers its verdicts came
-from (streaming exactness and arithmetic fidelity, see ``harness.verdict.compare``).
+from (streaming exactness and arithmetic fidelity, see ``harness.verdict.compare``),
+its accuracy, task and real-time figures, and its provenance (``espdl_sha256``,
+``frames_source``, ``calibration_source``, ``device_info``). ``report.md`` and the
+plots are rendered from the same data (``harness.signoff``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCHEMA = 2
+SCHEMA = 3
 VERDICT = {"passed": "pass", "failed": "fail", "error": "error", "skipped": "skip", "xfailed": "xfail",
            "xpassed": "xpass"}
 _SEVERITY = ("error", "failed")
@@ -57,7 +60,11 @@ class SessionReport:
     calibrations: int = 0
     exports: int = 0
 
+    provenance: dict = field(default_factory=dict)
+
     def __post_init__(self) -> None:
+        from harness.signoff.provenance import run_provenance
+
         if not self.run:
             self.run = {
                 "id": uuid.uuid4().hex,
@@ -65,6 +72,8 @@ class SessionReport:
                 "command": sys.argv,
                 "cwd": str(Path.cwd()),
             }
+        if not self.provenance:
+            self.provenance = run_provenance()
 
     def add_report(self, report, category: str) -> None:
         """One phase report (setup, call or teardown) of a test; ``category`` is pytest's summary word."""
@@ -92,9 +101,24 @@ class SessionReport:
             fields = {k: v for k, v in entry.items() if k != "categories"}
             cases.append({**fields, "outcome": outcome, "verdict": VERDICT.get(outcome, outcome),
                           "message": entry.get("message", "")})
+        from harness.signoff.provenance import now
+
+        devices = {}
+        for case in cases:
+            info = case.get("device_info")
+            if info:
+                devices[(info.get("name"), info.get("build_id"))] = info
+        models = {}
+        for case in cases:
+            if case.get("cache_entry"):
+                entry = models.setdefault((case["target"], case["model"]), {"target": case["target"], "model": case["model"]})
+                for key in ("cache_entry", "calibration_source", "frames_source"):
+                    if case.get(key) is not None:
+                        entry[key] = case[key]
         return {
             "schema": SCHEMA,
             "run": self.run,
+            "provenance": {**self.provenance, "ended": now(), "dut": self.dut, "devices": list(devices.values())},
             "dut": self.dut,
             "dut_reason": self.dut_reason,
             "targets": self.targets,
@@ -102,80 +126,28 @@ class SessionReport:
             "exports": self.exports,
             "summary": dict(sorted(self.summary.items())),
             "other_tests": dict(sorted(self.other_tests.items())),
+            "models": list(models.values()),
             "cases": cases,
         }
 
-    def write(self, directory: Path) -> Path:
-        """``session.json`` and ``report.md`` in ``directory``."""
+    def write(self, directory: Path, cache: Path | None = None, plotter=None) -> Path:
+        """``session.json``, ``report.md`` and its plots in ``directory`` (plots a warm run repeats: from ``cache``;
+        ``plotter``: a ``harness.signoff.plots.Plotter`` started earlier)."""
         directory.mkdir(parents=True, exist_ok=True)
         data = self.data()
         path = directory / "session.json"
-        path.write_text(json.dumps(data, indent=2, default=str))
-        (directory / "report.md").write_text(markdown(data))
+        path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))  # strict JSON (schema: docs/)
+        from harness.signoff import plots as plotting
+        from harness.signoff.markdown import markdown
+
+        note = plotting.available()
+        drawn = {}
+        if note is None:
+            try:
+                drawn = plotter.draw(path, directory, cache) if plotter else plotting.draw(data, directory, cache)
+            except Exception as exc:  # noqa: BLE001 - a plot must not cost the report
+                note = f"Plots failed: {type(exc).__name__}: {exc}"
+        (directory / "report.md").write_text(markdown(data, drawn, note))
         return path
 
 
-def _lsb(value, bound=None) -> str:
-    if value is None:
-        return "-"
-    return f"{value}" if bound is None else f"{value} (≤ {bound})"
-
-
-def _where(d: dict | None) -> str:
-    if not d:
-        return "-"
-    module = f"module {d['module']}, " if d.get("module") is not None else ""
-    return f"{module}sequence {d['sequence']}, frame {d['frame']}, channel {d['channel']}"
-
-
-def markdown(data: dict) -> str:
-    """The sign-off report: every case with its outcome and both verdicts' figures."""
-    cases = data["cases"]
-    passed = sum(c["outcome"] == "passed" for c in cases)
-    counts = ", ".join(f"{n} {k}" for k, n in data["summary"].items()) or "no cases"
-    lines = [
-        f"# Streaming sign-off report ({'virtual board, no chip' if data['dut'] == 'virtual' else data['dut']})",
-        "",
-        f"DUT: **{data['dut']}** ({data.get('dut_reason', '')}) · targets: {', '.join(data['targets'])} · "
-        f"calibrations this run: {data['calibrations']} · exports this run: {data['exports']} · run {data['run']['id'][:12]}",
-        "",
-        f"**{passed}/{len(cases)} cases pass** (pytest: {counts}).",
-        "",
-        "Two questions per streamed case: *streaming exactness* (what the device streams equals what the same device "
-        "computes on the offline export of the same quantized graph, bit for bit) and *arithmetic fidelity* (the "
-        "device's offline result equals ESP-PPQ's simulation within ESP-DL's contract: int8 exact, int16 the measured "
-        "bound).",
-        "",
-        "| case | test | outcome | streaming max LSB (tol.) | streaming mismatches | fidelity max LSB (bound) | "
-        "first streaming divergence | message |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in cases:
-        streaming = _lsb(c.get("streaming_max_abs_lsb"), c.get("streaming_tolerance_lsb"))
-        mismatches = "-" if c.get("streaming_mismatches") is None else f"{c['streaming_mismatches']}/{c.get('total', '?')}"
-        fidelity = "not judged" if c.get("fidelity_verdict") == "not judged" else _lsb(
-            c.get("fidelity_max_abs_lsb"), c.get("fidelity_bound_lsb"))
-        message = (c.get("message") or "").replace("|", "\\|")[:160]
-        lines.append(
-            f"| {c.get('id', c['nodeid'])} | {c.get('test', '')} | {c['outcome']} | {streaming} | {mismatches} | "
-            f"{fidelity} | {_where(c.get('streaming_first_divergence'))} | {message} |"
-        )
-    if data["other_tests"]:
-        lines += ["", "Other tests in this run: " + ", ".join(f"{n} {k}" for k, n in data["other_tests"].items()) + "."]
-    reasons = sorted({(c["model"], c["target"], c["fidelity_reason"]) for c in cases if c.get("fidelity_reason")})
-    if reasons:
-        lines += ["", "## Fidelity bounds", ""] + [f"- **{m}** on {t}: {r}" for m, t, r in reasons]
-    unjudged = sorted({(c["model"], c["target"], c["window"], c["not_judged"]) for c in cases if c.get("not_judged")})
-    if unjudged:
-        lines += ["", "## Reported, not judged", ""] + [f"- **{m}** on {t} W{w}: {n}" for m, t, w, n in unjudged]
-    tolerances = sorted({(c["model"], c["tolerance_reason"]) for c in cases if c.get("tolerance_reason")})
-    if tolerances:
-        lines += ["", "## Streaming tolerances", ""] + [f"- **{m}**: {r}" for m, r in tolerances]
-    warnings = sorted({(c["model"], c["target"], w) for c in cases for w in c.get("warnings") or []})
-    if warnings:
-        lines += ["", "## Warnings", ""] + [f"- {t} **{m}**: {w}" for m, t, w in warnings]
-    lint = sorted({(c["target"], c["model"], f) for c in cases for f in c.get("lint") or []})
-    if lint:
-        lines += ["", "## Where the chip computes something else than ESP-PPQ", ""]
-        lines += [f"- {t} **{m}** {f}" for t, m, f in lint]
-    return "\n".join(lines) + "\n"

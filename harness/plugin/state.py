@@ -28,9 +28,12 @@ class HilSession:
     _boards: dict = field(default_factory=dict)
     _firmware: dict = field(default_factory=dict)
     _fidelity: dict = field(default_factory=dict)
+    _accuracy: dict = field(default_factory=dict)
     _offline: dict = field(default_factory=dict)  # (target, model, device) -> outputs of the offline exports on it
     devices: object = None  # harness.plugin.boards.HeldDevices
     warned: set = field(default_factory=set)  # lint findings already shown
+    plotter: object = None  # harness.signoff.plots.Plotter, started when the cases start
+    _parsed: object = None  # harness.emulator.virtual_board.ParsedModels
 
     def __post_init__(self) -> None:
         from harness.plugin.boards import HeldDevices
@@ -80,6 +83,15 @@ class HilSession:
                 self._references[key] = cached_reference(qm, prefix(frames, length) if length else frames)
         return self._references[key]
 
+    def accuracy(self, qm):
+        """Float vs quantized on the frames (``harness.ppq.accuracy``); None for exported files (no float model)."""
+        from harness.ppq.accuracy import cached_accuracy
+
+        key = (qm.spec.name, qm.target.name)
+        if key not in self._accuracy:
+            self._accuracy[key] = None if qm.spec.exports is not None else cached_accuracy(qm, self.frames(qm))
+        return self._accuracy[key]
+
     def fidelity(self, qm):
         """ESP-DL's bound on |device offline - ESP-PPQ| for ``qm`` on its frames (``harness.ppq.fidelity``)."""
         from harness.ppq.derived import cached_fidelity_bound
@@ -97,28 +109,53 @@ class HilSession:
         return self._fidelity[key]
 
     def board(self, target: str):
-        """The virtual board serving ``target``: started on first use, and again after one died or was retired."""
-        from harness.emulator.virtual_board import VirtualBoard
-
+        """The virtual board serving ``target``: started on first use (or by ``launch_boards``), and again after
+        one died or was retired."""
         board = self._boards.get(target)
         if board is None or board.exit_reason() is not None:
             if board is not None:
                 self.devices.drop(f"virtual {target}")
                 board.stop()
-            log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
-            self._boards[target] = VirtualBoard(target, log, model_cache=self.settings.cache_dir / "parsed").start()
-        return self._boards[target]
+            board = self._boards[target] = self._new_board(target)
+        return board.start()
+
+    def parsed(self, path):
+        """The ``.espdl`` at ``path``, parsed once per content (kept under the cache, as the virtual board keeps it)."""
+        import hashlib
+
+        from harness.emulator.virtual_board import ParsedModels
+
+        if self._parsed is None:
+            self._parsed = ParsedModels(self.settings.cache_dir / "parsed")
+        data = path.read_bytes()
+        return self._parsed.get(data, hashlib.sha256(data).digest(), None, path)
+
+    def launch_boards(self) -> None:
+        """Power up a virtual board per target now, while pytest collects: the first case finds it running."""
+        for target in self.settings.targets:
+            if target.name not in self._boards:
+                self._boards[target.name] = self._new_board(target.name).launch()
+
+    def _new_board(self, target: str):
+        from harness.emulator.virtual_board import VirtualBoard
+
+        log = self.settings.artifacts_dir / "logs" / f"virtual-board-{target}.log"
+        return VirtualBoard(target, log, model_cache=self.settings.cache_dir / "parsed")
 
     def board_if_running(self, target: str):
         """The virtual board serving ``target`` now, if one was started (it may have died since)."""
         return self._boards.get(target)
 
-    def offline_on(self, device, case, run, length: int):
-        """The offline exports' outputs on ``device`` for ``case``'s model on ``length`` frames: ``run()`` once
-        per device, model and length."""
+    def offline_on(self, device, case, qm, frames, length: int):
+        """What ``device`` computes on ``qm``'s offline exports for the first ``length`` frames of every sequence
+        of ``frames`` (the case's frames), each sequence as one window: run once per device, model and length."""
+        from harness.device.dut import stream_pipeline
+        from harness.verdict.per_window import prefix
+
         key = (case.target.name, case.spec.name, device.name, length)
         if key not in self._offline:
-            self._offline[key] = run()
+            exports = self.quantizer.offline_exports(qm, length)
+            self._offline[key] = stream_pipeline(device, exports, prefix(frames, length), length)
         return self._offline[key]
 
     def device(self, target: str, port: str | None):

@@ -30,7 +30,7 @@ from harness.resources import code_digest
 from harness.tensors import QTensor
 
 # The harness code a derived result follows besides the quantized model (whose key covers quantize.py).
-SOURCES = ("harness.ppq.derived", "harness.ppq.reference", "harness.ppq.streaming", "harness.ppq.fidelity",
+SOURCES = ("harness.ppq.derived", "harness.ppq.reference", "harness.ppq.accuracy", "harness.ppq.streaming", "harness.ppq.fidelity",
            "harness.espdl.lint", "harness.espdl.reader", "harness.ppq.env", "harness.targets", "harness.ppq.export_repairs",
            *ENGINE_SOURCES)  # the lint runs the engine's filter unpacking
 

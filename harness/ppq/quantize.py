@@ -19,9 +19,13 @@ quantized graph:
 Sub-model k+1's input is locked to sub-model k's output exponent, so the chip
 can hand one module's output to the next without requantizing.
 
+Calibration runs on the spec's ``calibration_data(config)`` when it defines one (real sequences, time-major),
+else on seeded random sequences; ESP-PPQ's espdl setting passes through the spec's ``quant_setting`` first.
+
 Everything is cached on disk under a content hash of what determines it
-(model source, config, target, bits, the harness's own quantizer source and
-the ESP-PPQ/torch/ONNX versions); a warm run performs zero calibrations.
+(model source, config, target, bits, the calibration data, the harness's own
+quantizer source and the ESP-PPQ/torch/ONNX versions); a warm run performs zero
+calibrations.
 """
 
 from __future__ import annotations
@@ -139,6 +143,12 @@ class QuantizedModel:
     modules: list[ModuleArtifacts]
     tolerance_lsb: int
     tolerance_reason: str
+    # what the sub-models were calibrated on, as the cache entry's manifest.json records it:
+    # {"kind": "random", "seed", "sequences"} or {"kind": "calibration_data", "sha256", "shape"};
+    # None for an exported model (the harness calibrated nothing)
+    calibration_source: dict | None = None
+    # what the spec's quant_setting changed in ESP-PPQ's espdl setting: {"dotted.field": value} ({} without one)
+    setting_changes: dict = field(default_factory=dict)
 
     @property
     def bits(self) -> int:
@@ -237,11 +247,19 @@ class Quantizer:
 
     def _load_or_build(self, spec: ModelSpec, target: Target) -> QuantizedModel:
         digest = spec.source_digest()  # known from the spec index: no sub-models built (nor torch imported) for it
+        # A spec with calibration_data is imported and the function called on EVERY run, warm or cold (the spec
+        # index cannot vouch for data read from elsewhere): the data's hash is part of the key, so other data is
+        # another calibration and the same data a cache hit. Without it: seeded random sequences (config).
+        data = spec.calibration_array()
+        source = calibration_source(spec, data)
+        # quant_setting's effect: its code is in the source digest (the files that define it); whether there is one
+        # is keyed too (a spec whose functions were replaced, ModelSpec.with_functions, has the same files)
+        setting = "quant_setting" if "quant_setting" in spec.hooks else "espdl_setting"
         submodels = None if digest is not None else self._submodels(spec)
         key = hashlib.sha256(
             "\n".join(
                 [digest or spec.source_digest(submodels), spec.config_json(), target.name, str(spec.bits),
-                 harness_digest()]
+                 harness_digest(), json.dumps(source, sort_keys=True), setting]
             ).encode()
         ).hexdigest()
         directory = self.cache_dir / "quantized" / f"{spec.name}-{target.name}-{key[:16]}"
@@ -250,7 +268,7 @@ class Quantizer:
                 staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
                 shutil.rmtree(staging, ignore_errors=True)
                 import_ppq()
-                self._build(spec, target, submodels or self._submodels(spec), staging)
+                self._build(spec, target, submodels or self._submodels(spec), staging, data)
                 shutil.rmtree(directory, ignore_errors=True)
                 os.replace(staging, directory)
         return _load(spec, target, key, directory)
@@ -266,15 +284,24 @@ class Quantizer:
             raise QuantizationError(f"model '{spec.name}' has no sub-models", "build_submodels must return a list")
         return submodels
 
-    def _build(self, spec: ModelSpec, target: Target, submodels: list, out: Path) -> None:
+    def _build(self, spec: ModelSpec, target: Target, submodels: list, out: Path, data=None) -> None:
+        """Calibrate every sub-model into ``out``: on ``data`` (``spec.calibration_array()``) when given, else on
+        seeded random sequences."""
+        import numpy as np
         import torch
 
-        gen = torch.Generator().manual_seed(spec.seed)
         t = spec.sequence_length
-        sequences = torch.randn(spec.calibration_sequences, spec.channels, t, generator=gen)
-        test_input = torch.randn(1, spec.channels, t, generator=gen)
+        if data is None:
+            gen = torch.Generator().manual_seed(spec.seed)
+            sequences = torch.randn(spec.calibration_sequences, spec.channels, t, generator=gen)
+            test_input = torch.randn(1, spec.channels, t, generator=gen)
+        else:  # the user's [S, T, C] frames, channel-first like the graphs: [S, C, T]
+            sequences = torch.from_numpy(np.array(data, dtype=np.float32)).permute(0, 2, 1).contiguous()
+            test_input = sequences[:1].clone()  # the embedded test values then see data of the real scale
         platform = target.ppq_platform(spec.bits)
-        manifest: dict = {"model": spec.name, "target": target.name, "bits": spec.bits, "modules": []}
+        setting_use = _SettingUse(spec, target)
+        manifest: dict = {"model": spec.name, "target": target.name, "bits": spec.bits, "modules": [],
+                          "calibration": calibration_source(spec, data)}
         prev_scale = None
         residual_graphs = []
         for k, sub in enumerate(submodels):
@@ -287,8 +314,9 @@ class Quantizer:
             locks = (lambda g, s=prev_scale: {"input": s}) if prev_scale is not None else None
             offline, _ = self._quantize(
                 onnx_path, platform, spec.bits, [s.unsqueeze(0) for s in sequences], [test_input], locks,
-                out / "logs" / f"{name}.offline.quantize.log",
+                out / "logs" / f"{name}.offline.quantize.log", setting_use,
             )
+            setting_use.check_ends(offline, k)
             form = _output_form(sub, outputs, sequences[:1])
             if form.per_window and k < len(submodels) - 1:
                 raise ConfigError(
@@ -310,7 +338,8 @@ class Quantizer:
             cache_shape = getattr(sub, "cache_shape", None) if spec.streaming == "explicit" else None
             if cache_shape is not None:
                 entry["cache_shape"] = list(cache_shape)
-                streaming, unlocked = self._quantize_explicit(spec, platform, sub, sequences, offline, out, name)
+                streaming, unlocked = self._quantize_explicit(spec, platform, sub, sequences, offline, out, name,
+                                                              setting_use)
                 entry["unlocked"] = unlocked
                 if unlocked:
                     residual_graphs.append(k)
@@ -321,12 +350,14 @@ class Quantizer:
             prev_scale = var_config(offline, "output").scale.clone()
             manifest["modules"].append(entry)
             sequences, test_input = outputs, test_output
+        setting_use.check_dispatched()
+        manifest["quant_setting"] = setting_use.changes
         manifest["tolerance_lsb"], manifest["tolerance_reason"] = spec.tolerance_lsb, spec.tolerance_reason
         out.mkdir(parents=True, exist_ok=True)
         manifest["files"] = {p.name: file_sha256(p) for p in sorted(out.glob("m*.*")) if p.suffix in _CACHED}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if residual_graphs:
-            _measure_residual(spec, target, out)
+            _measure_residual(spec, target, out, data)
 
     def _export_onnx(self, module, example: list, path: Path, io_names, log: Path, fold_pads: bool = False) -> None:
         import onnx
@@ -346,17 +377,24 @@ class Quantizer:
             onnx.save(model, str(path))
 
     def _quantize(self, onnx_path: Path, platform, bits: int, calib: list, example: list,
-                  locks: Callable | None, log: Path):
-        """ESP-PPQ's quantize_onnx_model, with the calibration pass able to lock scales first."""
+                  locks: Callable | None, log: Path, setting_use: "_SettingUse | None" = None):
+        """ESP-PPQ's quantize_onnx_model, with the calibration pass able to lock scales first.
+
+        ``setting_use``: the spec's ``quant_setting``, applied to ESP-PPQ's espdl setting before dispatching.
+        """
         import esp_ppq.lib as PFL
         from esp_ppq.api import QuantizationSettingFactory, dispatch_graph, load_onnx_graph
         from esp_ppq.executor import TorchExecutor
         from esp_ppq.quantization.optim import QuantAlignmentPass, RuntimeCalibrationPass
 
         setting = QuantizationSettingFactory.espdl_setting(bits)
+        if setting_use is not None:  # outside ppq_call: its errors are the spec's, not ESP-PPQ's
+            setting = setting_use.apply(setting)
         lock_pass = None
         with ppq_call(f"quantize {onnx_path.stem}", log):
             graph = load_onnx_graph(onnx_import_file=str(onnx_path))
+            if setting_use is not None:
+                setting_use.found |= set(graph.operations)
             graph = dispatch_graph(graph, platform, setting.dispatcher, setting.dispatching_table)
 
             class LockingQuantizer(type(PFL.Quantizer(platform, graph))):
@@ -376,14 +414,16 @@ class Quantizer:
             executor = TorchExecutor(graph=graph, device=DEVICE)
             quantizer.quantize(
                 inputs=example, calib_dataloader=calib, executor=executor, setting=setting,
-                calib_steps=min(len(calib), 5000), collate_fn=lambda batch: batch,
+                # ESP-PPQ asserts 2 <= steps <= 5000; one sequence is then seen twice (the same ranges)
+                calib_steps=max(2, min(len(calib), 5000)), collate_fn=lambda batch: batch,
             )
         if lock_pass is None:
             raise QuantizationError("ESP-PPQ's pipeline has no calibration pass", "use esp-ppq 1.3.x")
         self.calibrations += int(lock_pass.calibrated)
         return graph, lock_pass.unlocked
 
-    def _quantize_explicit(self, spec, platform, sub, sequences, offline, out: Path, name: str):
+    def _quantize_explicit(self, spec, platform, sub, sequences, offline, out: Path, name: str,
+                           setting_use: "_SettingUse | None" = None):
         """Streaming graph of an explicit-cache sub-model, exponents locked to the offline graph."""
         import torch
 
@@ -397,11 +437,13 @@ class Quantizer:
                     windows.append([chunk, cache])
                     _, cache = sub.streaming_forward(chunk, cache)
         onnx_path = out / f"{name}.streaming.onnx"
-        self._export_onnx(_streaming_module(sub), windows[1], onnx_path, STREAMING_IO, out / "logs" / f"{name}.streaming.onnx.log")
+        example = windows[min(1, len(windows) - 1)]  # the second window (a cache of data), unless there is one only
+        self._export_onnx(_streaming_module(sub), example, onnx_path, STREAMING_IO,
+                          out / "logs" / f"{name}.streaming.onnx.log")
         _check_streaming_io(onnx_path, f"module {name[1:]} of '{spec.name}'")
         graph, unlocked = self._quantize(
-            onnx_path, platform, spec.bits, windows, windows[1], lambda g: corresponding_scales(offline, g),
-            out / "logs" / f"{name}.streaming.quantize.log",
+            onnx_path, platform, spec.bits, windows, example, lambda g: corresponding_scales(offline, g),
+            out / "logs" / f"{name}.streaming.quantize.log", setting_use,
         )
         conflicts = copy_conflicts(graph)
         if conflicts:
@@ -631,6 +673,143 @@ def _output_form(sub, outputs, example) -> OutputForm:
     return OutputForm(per_window=True, shape=shape, span=span)
 
 
+def calibration_source(spec: ModelSpec, data) -> dict:
+    """What ``spec`` is calibrated on, for the cache key and the entry's manifest: the hash and shape of its
+    ``calibration_data`` (float32 bytes and shape), or the seed and count of the random sequences."""
+    if data is None:
+        return {"kind": "random", "seed": spec.seed, "sequences": spec.calibration_sequences}
+    h = hashlib.sha256(json.dumps(list(data.shape)).encode())
+    h.update(data.astype("<f4", copy=False).tobytes(order="C"))
+    return {"kind": "calibration_data", "sha256": h.hexdigest(), "shape": list(data.shape)}
+
+
+class _SettingUse:
+    """The spec's ``quant_setting`` applied to every ESP-PPQ setting of one model's build, checked, with what it
+    changed (for the manifest) and the operation names its dispatching table names (each must exist)."""
+
+    def __init__(self, spec: ModelSpec, target: Target):
+        self.spec, self.target = spec, target
+        self.changes: dict = {}
+        self.named: set[str] = set()  # operations the user's dispatching table names
+        self.found: set[str] = set()  # operations of the graphs it was applied to
+
+    def apply(self, setting):
+        from esp_ppq.api.setting import DispatchingTable
+
+        if "quant_setting" not in self.spec.hooks:
+            return setting
+        before = _flat_setting(setting)
+        setting = self.spec.adjust_setting(setting, self.target.name)
+        self._check(setting)
+        self.changes = {k: v for k, v in _flat_setting(setting).items() if before.get(k, _ABSENT) != v}
+        self.named |= set(setting.dispatching_table.dispatchings) - set(DispatchingTable().dispatchings)
+        for value in vars(setting).values():  # passes that collect data on a device (LSQ, bias correction ...)
+            if hasattr(value, "collecting_device"):
+                value.collecting_device = DEVICE  # the harness runs ESP-PPQ on the CPU only
+        return setting
+
+    def _check(self, setting) -> None:
+        """What ESP-PPQ would only assert (or silently ignore) deep inside quantization, as one line."""
+        from esp_ppq.api import get_target_platform
+        from esp_ppq.api.setting import DispatchingTable
+        from esp_ppq.core import TargetPlatform
+        from esp_ppq.quantization.observer import OBSERVER_TABLE
+        from esp_ppq.scheduler import DISPATCHER_TABLE
+
+        fix = "see README, 'Adding a model' (quant_setting)"
+        for part in ("quantize_activation_setting", "quantize_parameter_setting"):
+            sub = getattr(setting, part)
+            methods = [sub.calib_algorithm, *(getattr(sub, "calib_algorithm_per_layer", None) or {}).values()]
+            for method in methods:
+                if method is not None and str(method).lower() not in OBSERVER_TABLE:
+                    raise self._fail(f"sets {part}.calib_algorithm to {method!r}",
+                                     f"use one of {', '.join(OBSERVER_TABLE)}; {fix}")
+        if isinstance(setting.dispatcher, str) and setting.dispatcher.lower() not in DISPATCHER_TABLE:
+            raise self._fail(f"sets dispatcher to {setting.dispatcher!r}", f"use one of {', '.join(DISPATCHER_TABLE)}")
+        mine = {get_target_platform(self.target.name, q) for q in ("w8a8", "w8a16", "w16a16", "none")}
+        defaults = DispatchingTable().dispatchings
+        table = setting.dispatching_table.dispatchings
+        for op, value in list(table.items()):
+            if op in defaults and defaults[op] == value:
+                continue  # ESP-PPQ's own example entries
+            try:
+                platform = TargetPlatform(value)
+            except ValueError:
+                platform = None
+            if platform is not None:
+                table[op] = platform.value  # dispatch_graph takes ints only (DispatchingTable.append converts)
+            if platform not in mine:
+                names = ", ".join(sorted(p.name for p in mine))
+                raise self._fail(
+                    f"dispatches '{op}' to {platform.name if platform else repr(value)}, not a platform of "
+                    f"{self.target.name} ({names})",
+                    "take it from get_target_platform(target, 16) with quant_setting(setting, target)")
+
+    def check_ends(self, graph, module: int) -> None:
+        """A sub-model's input and output keep the model's bits: the harness streams ``bits``-wide frames to the
+        device and hands them between sub-models (an op dispatched to another width at an end would change it)."""
+        if "quant_setting" not in self.spec.hooks:
+            return
+        from esp_ppq.IR.quantize import QuantableOperation
+
+        var = graph.variables["input"]
+        ends = [("input", op, op.input_quant_config[op.inputs.index(var)].num_of_bits) for op in var.dest_ops
+                if isinstance(op, QuantableOperation)]  # every reader: ESP-PPQ requantizes no graph input
+        ends.append(("output", graph.variables["output"].source_op, var_config(graph, "output").num_of_bits))
+        for side, op, bits in ends:
+            if bits != self.spec.bits:
+                does = "read its input" if side == "input" else "write its output"
+                raise self._fail(
+                    f"makes module {module} of '{self.spec.name}' {does} at {bits} bits (op "
+                    f"'{op.name if op is not None else '?'}'), while the model's bits are {self.spec.bits}",
+                    f"dispatch only ops inside a sub-model to another width, not its first or last op; the harness "
+                    f"streams {self.spec.bits}-bit frames and hands them between sub-models")
+
+    def check_dispatched(self) -> None:
+        """Every operation the dispatching table names is in some sub-model (ESP-PPQ ignores the others)."""
+        import difflib
+
+        unknown = sorted(self.named - self.found)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(self.found), n=3)
+            raise self._fail(f"dispatches operation '{unknown[0]}', which no sub-model of '{self.spec.name}' has"
+                             + (f" (close: {', '.join(close)})" if close else ""),
+                             "use the operation names of the ONNX export (netron shows them), e.g. '/conv/Conv'")
+
+    def _fail(self, cause: str, fix: str) -> ConfigError:
+        return ConfigError(f"model spec {self.spec.path}: quant_setting() {cause}", fix)
+
+
+_ABSENT = object()
+
+
+def _flat_setting(setting) -> dict:
+    """ESP-PPQ's setting as {"dotted.field": JSON value} (dispatching entries by platform name)."""
+    from esp_ppq.core import TargetPlatform
+
+    try:
+        tree = json.loads(setting.to_json())
+    except (TypeError, ValueError):  # something to_json cannot encode: compare what it can
+        tree = {k: v for k, v in vars(setting).items() if isinstance(v, (bool, int, float, str, type(None)))}
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value and not {"__ppq_enum__", "name"} == set(value):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, dict) and value:
+            flat[prefix] = value["name"]
+        else:
+            flat[prefix] = value
+
+    walk("", tree)
+    for k, v in list(flat.items()):
+        if k.startswith("dispatching_table.dispatchings.") and isinstance(v, int):
+            with contextlib.suppress(ValueError):
+                flat[k] = TargetPlatform(v).name
+    return flat
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -717,6 +896,7 @@ def _locking_calibration(calibration, locks: Callable | None):
 
         def optimize(self, graph, **kwargs) -> None:
             scales = locks(graph) if locks else {}
+            per_config = getattr(scales, "per_config", {})  # a reader at another width than the producer
             pending = []
             for op in graph.operations.values():
                 if not isinstance(op, QuantableOperation):
@@ -724,8 +904,9 @@ def _locking_calibration(calibration, locks: Callable | None):
                 for cfg, var in op.config_with_variable:
                     if var.is_parameter or cfg.state != QuantizationStates.INITIAL or cfg.dominated_by is not cfg:
                         continue
-                    if var.name in scales:
-                        cfg.scale = scales[var.name].clone()
+                    scale = per_config.get((op.name, var.name), scales.get(var.name))
+                    if scale is not None:
+                        cfg.scale = scale.clone()
                         cfg.offset = torch.zeros_like(cfg.scale)
                         cfg.state = QuantizationStates.ACTIVATED
                     else:
@@ -747,6 +928,10 @@ def corresponding_scales(offline, streaming) -> dict:
     counterpart of its offline producer (or from a passive op, e.g. the cache's
     Concat). Tensors moved by passive ops share one exponent on the chip, so
     unmatched ones inherit it.
+
+    A tensor an op reads at another width than its producer writes it (an op the spec's ``quant_setting``
+    dispatched to 16 bits in an 8-bit model: ESP-PPQ requantizes between them) has a second scale there; those
+    are in the result's ``per_config`` ({(op, tensor): scale}), which the locking pass gives that op's config.
     """
     import torch
     from esp_ppq.IR.quantize import QuantableOperation
@@ -791,13 +976,27 @@ def corresponding_scales(offline, streaming) -> dict:
         if twin is not None:
             twins[op.name] = twin
             taken.add(twin.name)
-    known: dict = {}
+
+    def home_bits(var) -> int | None:
+        """The width a tensor is held at in the streaming graph: its producer's, else (a graph input) its readers'."""
+        src = var.source_op
+        if isinstance(src, QuantableOperation):
+            return src.output_quant_config[src.outputs.index(var)].num_of_bits
+        readers = [r.input_quant_config[r.inputs.index(var)].num_of_bits for r in var.dest_ops
+                   if isinstance(r, QuantableOperation)]
+        return max(set(readers), key=readers.count) if readers else None
+
+    known = _Scales()
     for name, twin in twins.items():
         op = streaming.operations[name]
         if not (isinstance(op, QuantableOperation) and isinstance(twin, QuantableOperation)):
             continue
         for var, cfg in [*zip(op.inputs, twin.input_quant_config), *zip(op.outputs, twin.output_quant_config)]:
-            if not var.is_parameter and cfg.scale is not None:
+            if var.is_parameter or cfg.scale is None:
+                continue
+            if var in op.inputs and cfg.num_of_bits != home_bits(var):  # read at another width: this op's own scale
+                known.per_config[(op.name, var.name)] = cfg.scale
+            else:
                 known.setdefault(var.name, cfg.scale)
     changed = True
     while changed:
@@ -812,6 +1011,14 @@ def corresponding_scales(offline, streaming) -> dict:
                     known[v.name] = source
                     changed = True
     return known
+
+
+class _Scales(dict):
+    """Scales by tensor name, and ``per_config`` ones by (op, tensor) where a reader's width differs."""
+
+    def __init__(self):
+        super().__init__()
+        self.per_config: dict[tuple[str, str], object] = {}
 
 
 def copy_conflicts(graph) -> list[str]:
@@ -912,17 +1119,25 @@ def _load(spec: ModelSpec, target: Target, key: str, directory: Path) -> Quantiz
             )
         )
     return QuantizedModel(
-        spec, target, key, directory, modules, manifest["tolerance_lsb"], manifest["tolerance_reason"]
+        spec, target, key, directory, modules, manifest["tolerance_lsb"], manifest["tolerance_reason"],
+        manifest.get("calibration"), manifest.get("quant_setting", {}),
     )
 
 
-def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
-    """Some streaming tensors could not be locked: measure the residual they cause, make it the tolerance."""
-    from harness.model.frames import generate_frames
+def _measure_residual(spec: ModelSpec, target: Target, directory: Path, data=None) -> None:
+    """Some streaming tensors could not be locked: measure the residual they cause, make it the tolerance.
+
+    On the calibration data when the spec gives some (random frames would be on another scale), else on seeded
+    random frames."""
+    from harness.model.frames import Frames, generate_frames, quantize_frames
     from harness.ppq.streaming import offline_on_host, stream_on_host
 
     qm = _load(spec, target, "", directory)
-    frames = generate_frames(qm, seed=spec.seed + 1000, sequences=spec.calibration_sequences)
+    if data is None:
+        frames = generate_frames(qm, seed=spec.seed + 1000, sequences=spec.calibration_sequences)
+    else:
+        values, saturation = quantize_frames(qm, data)
+        frames = Frames(values, qm.input_exponent, target.name, None, "calibration_data", saturation)
     worst = 0
     for w in range(1, spec.sequence_length + 1):
         if spec.window_error(w) is None:
@@ -935,6 +1150,6 @@ def _measure_residual(spec: ModelSpec, target: Target, directory: Path) -> None:
         manifest["tolerance_lsb"] = worst
         manifest["tolerance_reason"] = (
             f"streaming tensors {', '.join(unlocked)} have no offline counterpart and were calibrated on "
-            f"their own; measured residual {worst} LSB over {spec.calibration_sequences} sequences at every window size"
+            f"their own; measured residual {worst} LSB over {frames.values.shape[0]} sequences at every window size"
         )
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -11,6 +11,7 @@
 #include <stdio.h> /* snprintf only: stdio I/O would corrupt the protocol port */
 
 #include "esp_app_desc.h"
+#include "esp_chip_info.h" /* esp_chip_info: the revision in the banner */
 #include "esp_err.h"
 #include "esp_heap_caps.h"
 #include "esp_idf_version.h"
@@ -147,8 +148,11 @@ void app_main(void)
     esp_log_level_set("*", ESP_LOG_INFO); /* boot ran at WARN (sdkconfig.defaults) to keep the port quiet */
     format_build_id(app);
     /* app->version is PROJECT_VER (../CMakeLists.txt) */
-    (void)snprintf(s_banner, sizeof s_banner, "espdl-stream-runner %s %s %s; reset: %s", app->version,
-                   CONFIG_IDF_TARGET, RUNNER_LINK_NAME, reset_reason_name(esp_reset_reason()));
+    esp_chip_info_t chip; /* revision MXX: wafer major M, minor XX; for the report's provenance (display only) */
+    esp_chip_info(&chip);
+    (void)snprintf(s_banner, sizeof s_banner, "espdl-stream-runner %s %s rev v%u.%u %s; reset: %s", app->version,
+                   CONFIG_IDF_TARGET, (unsigned)(chip.revision / 100), (unsigned)(chip.revision % 100),
+                   RUNNER_LINK_NAME, reset_reason_name(esp_reset_reason()));
     s_platform = (rc_platform_t){
         .ctx = NULL,
         .write = runner_link_write,

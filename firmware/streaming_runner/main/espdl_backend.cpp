@@ -15,6 +15,13 @@
  * ESP-DL aborts when an allocation fails (C++ exceptions are off): before every dl::Model is constructed, the
  * portable core's estimate of what it takes (rc_espdl.h) is checked against the free PSRAM and its largest
  * block, and a model that does not fit is refused with OUT_OF_MEMORY.
+ *
+ * Probes (docs/protocol.md PROBE, section 7.8): a probed run goes through
+ * dl::Model::run(user_inputs, mode, user_outputs) (dl_model_base.hpp/.cpp of v3.3.8/v3.3.9), which assigns every
+ * graph input from user_inputs and, after each module of the execution plan, copies that module's outputs named in
+ * user_outputs (TensorBase::assign): an activation is taken before the memory planner gives its memory to a later
+ * layer. user_outputs are views (deep = false) of the core's capture buffers, with the context tensor's shape, type
+ * and exponent, so assign() is a plain copy. Graph inputs are copied by the backend before the run.
  */
 #include <algorithm>
 #include <cstdint>
@@ -47,6 +54,7 @@ struct Slot {
     dl::Model *model; // nullptr: empty
     const uint8_t *data;
     rc_espdl_need_t need; // what one more instance of it takes
+    std::string name;     // the file's, for error texts
 };
 
 struct Module {
@@ -56,6 +64,10 @@ struct Module {
     dl::TensorBase *output;
     dl::TensorBase *cache_input; // nullptr: no explicit cache
     dl::TensorBase *cache_output;
+    std::string input_name; // the configured names: run()'s user_inputs are keyed by them
+    std::string cache_input_name;
+    std::string model_name;
+    void *probe_cache; // a probed run's copy of the cache (user_inputs must not alias the graph input they fill)
 };
 
 Slot s_slots[RC_MAX_SLOTS];
@@ -135,6 +147,7 @@ std::string describe(const std::map<std::string, dl::TensorBase *> &tensors)
 void release(Module &m)
 {
     delete m.own;
+    heap_caps_free(m.probe_cache);
     m = Module();
 }
 
@@ -180,6 +193,7 @@ rc_error_t model_load(void *ctx, uint8_t slot, const uint8_t *data, uint32_t siz
     s_slots[slot].model = model;
     s_slots[slot].data = data;
     s_slots[slot].need = need;
+    s_slots[slot].name = name;
     ESP_LOGI(TAG, "slot %u: %s, inputs %s; outputs %s", (unsigned)slot, name, describe(model->get_inputs()).c_str(),
              describe(model->get_outputs()).c_str());
     return RC_OK;
@@ -274,6 +288,8 @@ rc_error_t resolve(Module &m, const rc_module_config_t *cfg, uint16_t window, rc
     }
     info->input_exponent = static_cast<int8_t>(m.input->get_exponent());
     info->output_exponent = static_cast<int8_t>(m.output->get_exponent());
+    m.input_name = cfg->input;
+    m.cache_input_name = cached ? cfg->cache_input : "";
     // the cache is carried with a byte copy: same shape, type and exponent, or the copy would change values
     if (cached && (m.cache_input->get_shape() != m.cache_output->get_shape() ||
                    m.cache_input->get_dtype() != m.cache_output->get_dtype() ||
@@ -327,6 +343,7 @@ rc_error_t module_bind(void *ctx, uint8_t module, const rc_module_config_t *cfg,
         }
     }
     m.model = m.own != nullptr ? m.own : slot.model;
+    m.model_name = slot.name;
     code = resolve(m, cfg, window, info, err, errlen);
     if (code != RC_OK) {
         release(m);
@@ -364,6 +381,137 @@ rc_error_t module_run(void *ctx, uint8_t module, const void *input, void *output
     return RC_OK;
 }
 
+// Whether `name` is an output of a node of the model: Model::load() makes one module of the execution plan per
+// node of the graph's topological order, and run() copies a user_outputs entry after the module whose outputs hold
+// it, so only node outputs are ever copied. Name lookups need FbsModel's maps, which Model::build() clears:
+// loaded around the walk, as Model::get_module_info() does.
+bool node_output(dl::Model *model, const std::string &name)
+{
+    fbs::FbsModel *fbs = model->get_fbs_model();
+    bool found = false;
+    if (fbs == nullptr) {
+        return false;
+    }
+    fbs->load_map();
+    for (const std::string &node : fbs->topological_sort()) {
+        std::vector<std::string> inputs;
+        std::vector<std::string> outputs;
+        if (fbs->get_operation_inputs_and_outputs(node, inputs, outputs) == ESP_OK &&
+            std::find(outputs.begin(), outputs.end(), name) != outputs.end()) {
+            found = true;
+            break;
+        }
+    }
+    fbs->clear_map();
+    return found;
+}
+
+// The probe's description of tensor `name` of module `module` (rc_backend_t.probe_find): a graph input, or a node
+// output as ESP-DL's context holds it (get_intermediate), int8/int16/float32 without padding.
+rc_error_t probe_find(void *ctx, uint8_t module, const char *name, rc_probe_tensor_t *tensor, char *err, size_t errlen)
+{
+    Module &m = s_modules[module];
+    (void)ctx;
+    if (m.model == nullptr) {
+        snprintf(err, errlen, "module %u is not bound", (unsigned)module);
+        return RC_ERR_INTERNAL;
+    }
+    dl::TensorBase *t = find(m.model->get_inputs(), name);
+    const bool input = t != nullptr;
+    if (!input && node_output(m.model, name)) {
+        t = m.model->get_intermediate(name);
+    }
+    if (t == nullptr) {
+        snprintf(err, errlen, "no tensor '%s' in model %s; graph inputs and node outputs only (inputs: %s)", name,
+                 m.model_name.c_str(), describe(m.model->get_inputs()).c_str());
+        return RC_ERR_BAD_CONFIG;
+    }
+    const dl::dtype_t dtype = t->get_dtype();
+    const uint8_t bits = dtype == dl::DATA_TYPE_INT8    ? 8
+                         : dtype == dl::DATA_TYPE_INT16 ? 16
+                         : dtype == dl::DATA_TYPE_FLOAT ? 32
+                                                        : 0;
+    if (bits == 0) {
+        snprintf(err, errlen, "tensor '%s' is %s: PROBE takes int8, int16 and float32 tensors", name,
+                 t->get_dtype_string());
+        return RC_ERR_BAD_CONFIG;
+    }
+    std::vector<int> dims = t->get_shape();
+    const int64_t elements = std::accumulate(dims.begin(), dims.end(), int64_t{1}, std::multiplies<int64_t>());
+    if (dims.size() > RC_MAX_RANK || elements != t->get_size() || t->get_exponent() < INT8_MIN ||
+        t->get_exponent() > INT8_MAX) {
+        snprintf(err, errlen, "tensor '%s' %s cannot be captured (padded, rank above %d or exponent beyond int8)", name,
+                 describe(t).c_str(), RC_MAX_RANK);
+        return RC_ERR_BAD_CONFIG;
+    }
+    if (m.cache_input != nullptr && m.probe_cache == nullptr) { // every probed run reads the cache from a copy
+        m.probe_cache = heap_caps_aligned_alloc(16, m.cache_input->get_bytes(), MALLOC_CAP_SPIRAM);
+        if (m.probe_cache == nullptr) {
+            snprintf(err, errlen, "no memory for a copy of the module's cache (%d bytes)", m.cache_input->get_bytes());
+            return RC_ERR_OUT_OF_MEMORY;
+        }
+    }
+    tensor->bits = bits;
+    tensor->exponent = bits == 32 ? 0 : static_cast<int8_t>(t->get_exponent());
+    tensor->input = input ? 1 : 0;
+    tensor->shape.rank = static_cast<uint8_t>(dims.size());
+    for (size_t i = 0; i < dims.size(); i++) {
+        tensor->shape.dims[i] = dims[i] < 0 ? 0u : static_cast<uint32_t>(dims[i]);
+    }
+    return RC_OK;
+}
+
+// module_run with the probe's tensors captured (rc_backend_t.module_run_probed): graph inputs copied as the run reads
+// them, node outputs copied by run()'s user_outputs right after their module.
+rc_error_t module_run_probed(void *ctx, uint8_t module, const void *input, void *output, rc_timing_t *timing,
+                             rc_probe_tensor_t *tensors, unsigned count, char *err, size_t errlen)
+{
+    Module &m = s_modules[module];
+    (void)ctx;
+    if (m.model == nullptr || (m.cache_input != nullptr && m.probe_cache == nullptr)) {
+        snprintf(err, errlen, "module %u is not bound for a probe", (unsigned)module);
+        return RC_ERR_INTERNAL;
+    }
+    // user_inputs: the window, and the cache through a copy (assign() must not copy a tensor onto itself)
+    dl::TensorBase window(m.input->get_shape(), input, m.input->get_exponent(), m.input->get_dtype(), false,
+                          MALLOC_CAP_SPIRAM);
+    std::map<std::string, dl::TensorBase *> inputs = {{m.input_name, &window}};
+    std::vector<dl::TensorBase> caches;
+    caches.reserve(1);
+    if (m.cache_input != nullptr) {
+        memcpy(m.probe_cache, m.cache_input->data, m.cache_input->get_bytes());
+        caches.emplace_back(m.cache_input->get_shape(), m.probe_cache, m.cache_input->get_exponent(),
+                            m.cache_input->get_dtype(), false, MALLOC_CAP_SPIRAM);
+        inputs[m.cache_input_name] = &caches.back();
+    }
+    std::map<std::string, dl::TensorBase *> outputs;
+    std::vector<dl::TensorBase> views;
+    views.reserve(count);
+    for (unsigned i = 0; i < count; i++) {
+        rc_probe_tensor_t &t = tensors[i];
+        dl::TensorBase *source = t.input ? find(m.model->get_inputs(), t.name) : m.model->get_intermediate(t.name);
+        if (t.input) { // what the run reads: the window, or the cache before the run
+            memcpy(t.data, source == m.input ? input : source->data, source->get_bytes());
+            continue;
+        }
+        views.emplace_back(source->get_shape(), t.data, source->get_exponent(), source->get_dtype(), false,
+                           MALLOC_CAP_SPIRAM);
+        outputs[t.name] = &views.back();
+    }
+    const esp_cpu_cycle_count_t before = esp_cpu_get_cycle_count();
+    const int64_t start = esp_timer_get_time();
+    m.model->run(inputs, dl::RUNTIME_MODE_SINGLE_CORE, outputs); // the same modules as run(); copies in between
+    const int64_t end = esp_timer_get_time();
+    const esp_cpu_cycle_count_t after = esp_cpu_get_cycle_count();
+    timing->microseconds = static_cast<uint64_t>(end - start);
+    timing->cycles = rc_cycles_widen(static_cast<uint32_t>(after - before), timing->microseconds, cpu_mhz());
+    memcpy(output, m.output->data, m.output->get_bytes());
+    if (m.cache_input != nullptr) {
+        memmove(m.cache_input->data, m.cache_output->data, m.cache_input->get_bytes());
+    }
+    return RC_OK;
+}
+
 void modules_clear(void *ctx)
 {
     (void)ctx;
@@ -372,7 +520,8 @@ void modules_clear(void *ctx)
     }
 }
 
-const rc_backend_t s_backend = {model_load, model_unload, module_bind, module_run, module_reset, modules_clear};
+const rc_backend_t s_backend = {model_load,   model_unload,  module_bind, module_run,
+                                 module_reset, modules_clear, probe_find,  module_run_probed};
 
 } // namespace
 

@@ -240,6 +240,10 @@ def build_conv(eng: Engine, node: Node) -> Plan:
         wmat_f = wmat.astype(np.float64)
         acc = make_acc(eng.target, bits, bias, wmat.T, False)
         pointwise = kh == kw == 1 and sh == sw == 1 and not any((pt, pb, pl, pr))
+        # no partial sum can saturate a lane and every sum is exact in float64: the whole conv in floats
+        in_floats = acc.exact_f64 and not acc.possible
+        bias_f = acc.bias.astype(np.float64)
+        dtype, lo, hi = out_type
 
         def run(x):
             x3 = as_hwc(x, two_d, where)
@@ -260,6 +264,12 @@ def build_conv(eng: Engine, node: Node) -> Plan:
                 view = np.lib.stride_tricks.as_strided(
                     xp, (oh, ow, kh, kw, c), (s0 * sh, s1 * sw, s0 * dh, s1 * dw, s2), writeable=False)
                 cols = view.reshape(oh * ow, kh * kw * c)
+            if in_floats:
+                total_f = cols.astype(np.float64) @ wmat_f
+                total_f += bias_f
+                y = shift.exact_f64(total_f)
+                np.clip(y, 0 if relu else lo, hi, out=y)
+                return [y.astype(dtype).reshape(out_shape(x, two_d, oh, ow, n))]
             total, state["sat"] = matmul_accumulate(cols, wmat, wmat_f, acc)
             y = shift(total)
             if relu:

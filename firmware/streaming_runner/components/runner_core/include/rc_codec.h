@@ -35,6 +35,9 @@ extern "C" {
 #define RC_ACK_MODULE_SIZE 7u        /* one CONFIGURE ACK detail record */
 #define RC_CONFIGURE_FLAG_ALL_OUTPUTS 0x01u
 #define RC_BAD_FRAME_REF_SEQ 0xFFFFu
+#define RC_PROBE_HEADER_SIZE 6u      /* module u8, window u32, name_count u8; then the names */
+#define RC_TENSOR_HEADER_SIZE 19u    /* module .. rank, first_element u32, the name's u16 length (+ shape, name) */
+#define RC_MAX_TENSOR_RANK 8u
 
 typedef enum {
     RC_MSG_HELLO = 0x01,
@@ -45,12 +48,14 @@ typedef enum {
     RC_MSG_RESET = 0x06,
     RC_MSG_FRAMES = 0x07,
     RC_MSG_FLUSH = 0x08,
+    RC_MSG_PROBE = 0x0A,
     RC_MSG_ACK = 0x80,
     RC_MSG_INFO = 0x81,
     RC_MSG_OUTPUT = 0x82,
     RC_MSG_CREDIT = 0x83,
     RC_MSG_LOG = 0x84,
     RC_MSG_BOOT = 0x85,
+    RC_MSG_TENSOR = 0x87,
     RC_MSG_ERROR = 0x8F
 } rc_msg_type_t;
 
@@ -124,6 +129,14 @@ typedef struct {
     rc_bytes_t data; /* count x frame_bytes, time-major, LE */
 } rc_frames_t;
 
+/* PROBE (protocol.md 0x0A): capture `names` of module `module` when it runs window `window`. */
+typedef struct {
+    uint8_t module;
+    uint32_t window;
+    uint8_t name_count; /* >= 1 (the codec refuses 0) */
+    rc_bytes_t names;   /* name_count packed str fields, non-empty and distinct (read them with rc_probe_name_read) */
+} rc_probe_msg_t;
+
 typedef struct {
     uint8_t ref_type;
     uint16_t ref_seq;
@@ -166,6 +179,21 @@ typedef struct {
     uint16_t frames;
 } rc_credit_t;
 
+/* TENSOR (protocol.md 0x87): a captured tensor, or with fewer elements than its shape holds a part of it. */
+typedef struct {
+    uint8_t module;
+    uint32_t window;
+    uint32_t step;
+    uint8_t index; /* position of the name in PROBE's list */
+    uint8_t bits;  /* 8, 16 (int8, int16) or 32 (float32, exponent 0) */
+    int8_t exponent;
+    uint8_t rank;  /* 0..RC_MAX_TENSOR_RANK */
+    uint32_t shape[RC_MAX_TENSOR_RANK];
+    uint32_t first_element;
+    rc_bytes_t name;
+    rc_bytes_t data; /* elements first_element.., little-endian, a whole number of them */
+} rc_tensor_msg_t;
+
 typedef struct {
     uint8_t level; /* rc_log_level_t */
     rc_bytes_t text;
@@ -191,12 +219,14 @@ typedef struct {
         rc_model_end_t model_end;
         rc_configure_t configure;
         rc_frames_t frames;
+        rc_probe_msg_t probe;
         rc_ack_t ack;
         rc_info_t info;
         rc_output_t output;
         rc_credit_t credit;
         rc_log_t log;
         rc_boot_t boot;
+        rc_tensor_msg_t tensor;
         rc_error_msg_t error;
     } u; /* RESET and FLUSH have no fields */
 } rc_message_t;
@@ -268,6 +298,9 @@ size_t rc_body_encode(const rc_message_t *msg, uint16_t seq, uint8_t *body, size
 size_t rc_module_record_read(const uint8_t *p, size_t n, rc_module_record_t *record);
 /* Writes a module record into out: its size, or 0 when it does not fit. */
 size_t rc_module_record_write(const rc_module_record_t *record, uint8_t *out, size_t cap);
+/* Reads one name of a PROBE's list from p (n bytes): the bytes it takes, or 0 when it is cut short. Names are
+ * checked by rc_message_unpack, so reading the names of a parsed PROBE succeeds. */
+size_t rc_probe_name_read(const uint8_t *p, size_t n, rc_bytes_t *name);
 rc_timing_t rc_timing_get(const rc_output_t *output, size_t module);
 void rc_timing_put(uint8_t out[RC_TIMING_SIZE], const rc_timing_t *timing);
 void rc_ack_module_put(uint8_t out[RC_ACK_MODULE_SIZE], const rc_module_info_t *info);
@@ -280,6 +313,10 @@ uint32_t rc_max_windows_per_output(size_t max_payload, uint32_t frames, uint32_t
  * 0xFFFF): the Python max_frames_per_part. A window that does not fit one OUTPUT goes out in parts of this many
  * frames, the last one the rest (protocol.md section 7.7). */
 uint32_t rc_max_frames_per_part(size_t max_payload, uint32_t channels, unsigned bits, unsigned modules);
+/* Most elements of a tensor of `rank` dimensions, named with `name_len` bytes, of `bits` (8, 16, 32) that one
+ * TENSOR carries (0: not even one): the Python max_elements_per_tensor. A larger tensor goes in parts of this
+ * many elements, the last one the rest (protocol.md section 7.8). */
+uint32_t rc_max_elements_per_tensor(size_t max_payload, unsigned rank, size_t name_len, unsigned bits);
 
 /* ------------------------------------------------------------------------------------------ receiver */
 

@@ -77,6 +77,17 @@ typedef struct {
     uint16_t output_channels; /* set by the core: its channels (FLAT: its element count) */
 } rc_module_info_t;
 
+/* One tensor of an armed probe (docs/protocol.md PROBE, section 7.8). The backend's probe_find() describes it,
+ * the core owns its buffer, module_run_probed() fills it. */
+typedef struct {
+    const char *name;  /* NUL-terminated, set by the core */
+    uint8_t bits;      /* 8 int8, 16 int16, 32 float32 */
+    int8_t exponent;   /* value = integer x 2^exponent; 0 for float32 */
+    uint8_t input;     /* 1: a graph input, captured as the run reads it; 0: a node's output, captured after it */
+    rc_shape_t shape;  /* its shape in the run, ESP-DL's on-chip layout; elements in row-major (memory) order */
+    void *data;        /* set by the core: room for every element, native byte order */
+} rc_probe_tensor_t;
+
 /* Timings are 64-bit end to end (OUTPUT carries u64 sums): a run of more than 2^32 cycles (10.7 s at 400 MHz)
  * and a batch's sum of many runs must not wrap. */
 typedef struct {
@@ -110,6 +121,18 @@ typedef struct {
     void (*module_reset)(void *ctx, uint8_t module);
     /* Forget every bound module (before a new CONFIGURE). */
     void (*modules_clear)(void *ctx);
+    /* Probes (PROBE, docs/protocol.md section 7.8); both NULL when the backend cannot capture tensors (PROBE is then
+     * refused). probe_find describes tensor `name` of the model bound to module `module` (bits, exponent, input,
+     * shape; it may prepare what capturing it needs): RC_ERR_BAD_CONFIG with err "no tensor '<name>' in model <m>"
+     * (optionally continued "; " and names it has) when the model has no such graph input or node output, or
+     * "tensor '<name>' is <type>: PROBE takes int8, int16 and float32 tensors"; RC_ERR_OUT_OF_MEMORY when what it
+     * prepares does not fit. The core prefixes "module k: ". */
+    rc_error_t (*probe_find)(void *ctx, uint8_t module, const char *name, rc_probe_tensor_t *tensor, char *err,
+                             size_t errlen);
+    /* module_run, and capture the `count` tensors (each described by probe_find, for this module) into their data:
+     * a graph input as the run reads it, any other tensor right after the node that produced it ran. */
+    rc_error_t (*module_run_probed)(void *ctx, uint8_t module, const void *input, void *output, rc_timing_t *timing,
+                                    rc_probe_tensor_t *tensors, unsigned count, char *err, size_t errlen);
 } rc_backend_t;
 
 /* The platform around the core. */

@@ -33,12 +33,14 @@ const char *rc_msg_name(uint8_t type)
     case RC_MSG_RESET: return "RESET";
     case RC_MSG_FRAMES: return "FRAMES";
     case RC_MSG_FLUSH: return "FLUSH";
+    case RC_MSG_PROBE: return "PROBE";
     case RC_MSG_ACK: return "ACK";
     case RC_MSG_INFO: return "INFO";
     case RC_MSG_OUTPUT: return "OUTPUT";
     case RC_MSG_CREDIT: return "CREDIT";
     case RC_MSG_LOG: return "LOG";
     case RC_MSG_BOOT: return "BOOT";
+    case RC_MSG_TENSOR: return "TENSOR";
     case RC_MSG_ERROR: return "ERROR";
     default: return NULL;
     }
@@ -464,6 +466,86 @@ static void unpack_output(reader_t *r, rc_output_t *m)
     }
 }
 
+/* PROBE: 1..255 names, each non-empty, all distinct (protocol.md 0x0A). */
+static void unpack_probe(reader_t *r, rc_probe_msg_t *m)
+{
+    size_t start, i, j;
+    m->module = r_u8(r);
+    m->window = r_u32(r);
+    m->name_count = r_u8(r);
+    start = r->pos;
+    for (i = 0; i < m->name_count && !r->failed; i++) {
+        rc_bytes_t name = r_str(r);
+        if (!r->failed && name.len == 0) {
+            r_fail(r, "name %lu is empty", (unsigned long)i);
+        }
+    }
+    m->names.ptr = r->p + start;
+    m->names.len = r->pos - start;
+    r_done(r);
+    if (!r->failed && m->name_count == 0) {
+        r_fail(r, "name_count 0: a PROBE names 1..255 tensors");
+    }
+    for (i = 0, start = 0; i < m->name_count && !r->failed; i++) { /* distinct: each against those after it */
+        rc_bytes_t a;
+        size_t at = start + rc_probe_name_read(m->names.ptr + start, m->names.len - start, &a), next = at;
+        for (j = i + 1; j < m->name_count && !r->failed; j++) {
+            rc_bytes_t b;
+            next += rc_probe_name_read(m->names.ptr + next, m->names.len - next, &b);
+            if (a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0) {
+                r_fail(r, "name %lu appears twice", (unsigned long)i);
+            }
+        }
+        start = at;
+    }
+}
+
+/* TENSOR: the header, the shape, the name, then a whole number of elements within the tensor (protocol.md 0x87). */
+static void unpack_tensor(reader_t *r, rc_tensor_msg_t *m)
+{
+    uint64_t elements = 1, count;
+    unsigned i, size;
+    m->module = r_u8(r);
+    m->window = r_u32(r);
+    m->step = r_u32(r);
+    m->index = r_u8(r);
+    m->bits = r_u8(r);
+    m->exponent = (int8_t)r_u8(r);
+    m->rank = r_u8(r);
+    if (!r->failed && m->bits != 8 && m->bits != 16 && m->bits != 32) {
+        r_fail(r, "bits %u is not 8, 16 or 32", m->bits);
+    }
+    if (!r->failed && m->rank > RC_MAX_TENSOR_RANK) {
+        r_fail(r, "rank %u: a TENSOR has at most %u dimensions", m->rank, RC_MAX_TENSOR_RANK);
+    }
+    for (i = 0; i < m->rank && !r->failed; i++) {
+        m->shape[i] = r_u32(r);
+        elements = elements > 0xFFFFFFFFu ? elements : elements * m->shape[i]; /* stays below 2^64 */
+    }
+    m->first_element = r_u32(r);
+    m->name = r_str(r);
+    m->data = r_rest(r);
+    if (r->failed) {
+        return;
+    }
+    size = m->bits / 8u;
+    count = m->data.len / size;
+    if (m->bits == 32 && m->exponent != 0) {
+        r_fail(r, "a float32 tensor has exponent 0, not %d", m->exponent);
+    } else if (m->name.len == 0) {
+        r_fail(r, "the name is empty");
+    } else if (elements > 0xFFFFFFFFu) {
+        r_fail(r, "a tensor of more than 2^32 - 1 elements");
+    } else if (m->data.len % size != 0) {
+        r_fail(r, "%lu data bytes are not whole %u-bit elements", (unsigned long)m->data.len, m->bits);
+    } else if (count == 0 && elements > 0) {
+        r_fail(r, "no data: a TENSOR carries at least one element of a tensor that has some");
+    } else if ((uint64_t)m->first_element + count > elements) {
+        r_fail(r, "elements %lu.. lie beyond a tensor of %lu elements", (unsigned long)m->first_element,
+               (unsigned long)elements);
+    }
+}
+
 static void unpack_host_message(reader_t *r, rc_message_t *msg)
 {
     switch (msg->type) {
@@ -495,6 +577,7 @@ static void unpack_host_message(reader_t *r, rc_message_t *msg)
         break;
     case RC_MSG_CONFIGURE: unpack_configure(r, &msg->u.configure); break;
     case RC_MSG_FRAMES: unpack_frames(r, &msg->u.frames); break;
+    case RC_MSG_PROBE: unpack_probe(r, &msg->u.probe); break;
     default: r_done(r); break; /* RESET, FLUSH: empty */
     }
 }
@@ -523,6 +606,7 @@ static void unpack_device_message(reader_t *r, rc_message_t *msg)
         msg->u.boot.banner = r_str(r);
         r_done(r);
         break;
+    case RC_MSG_TENSOR: unpack_tensor(r, &msg->u.tensor); break;
     default: /* RC_MSG_ERROR */
         msg->u.error.code = r_u16(r);
         msg->u.error.ref_type = r_u8(r);
@@ -708,6 +792,28 @@ static void pack_output(writer_t *w, const rc_output_t *m)
     w_bytes(w, m->data.ptr, m->data.len);
 }
 
+static void pack_tensor(writer_t *w, const rc_tensor_msg_t *m)
+{
+    unsigned i;
+    if (m->rank > RC_MAX_TENSOR_RANK) {
+        w->failed = 1;
+        return;
+    }
+    w_u8(w, m->module);
+    w_u32(w, m->window);
+    w_u32(w, m->step);
+    w_u8(w, m->index);
+    w_u8(w, m->bits);
+    w_u8(w, (uint8_t)m->exponent);
+    w_u8(w, m->rank);
+    for (i = 0; i < m->rank; i++) {
+        w_u32(w, m->shape[i]);
+    }
+    w_u32(w, m->first_element);
+    w_str(w, m->name);
+    w_bytes(w, m->data.ptr, m->data.len);
+}
+
 static void pack_fields(writer_t *w, const rc_message_t *msg)
 {
     switch (msg->type) {
@@ -736,6 +842,12 @@ static void pack_fields(writer_t *w, const rc_message_t *msg)
         w_u16(w, msg->u.frames.frame_bytes);
         w_bytes(w, msg->u.frames.data.ptr, msg->u.frames.data.len);
         break;
+    case RC_MSG_PROBE:
+        w_u8(w, msg->u.probe.module);
+        w_u32(w, msg->u.probe.window);
+        w_u8(w, msg->u.probe.name_count);
+        w_bytes(w, msg->u.probe.names.ptr, msg->u.probe.names.len);
+        break;
     case RC_MSG_ACK:
         w_u8(w, msg->u.ack.ref_type);
         w_u16(w, msg->u.ack.ref_seq);
@@ -749,6 +861,7 @@ static void pack_fields(writer_t *w, const rc_message_t *msg)
         w_str(w, msg->u.log.text);
         break;
     case RC_MSG_BOOT: w_str(w, msg->u.boot.banner); break;
+    case RC_MSG_TENSOR: pack_tensor(w, &msg->u.tensor); break;
     case RC_MSG_ERROR:
         w_u16(w, msg->u.error.code);
         w_u8(w, msg->u.error.ref_type);
@@ -820,6 +933,17 @@ size_t rc_module_record_write(const rc_module_record_t *record, uint8_t *out, si
     return w.failed ? 0 : w.len;
 }
 
+size_t rc_probe_name_read(const uint8_t *p, size_t n, rc_bytes_t *name)
+{
+    reader_t r;
+    memset(&r, 0, sizeof r);
+    r.p = p;
+    r.n = n;
+    r.name = "name";
+    *name = r_str(&r);
+    return r.failed ? 0 : r.pos;
+}
+
 static uint64_t get_u64(const uint8_t *p)
 {
     uint64_t v = 0;
@@ -888,6 +1012,17 @@ uint32_t rc_max_frames_per_part(size_t max_payload, uint32_t channels, unsigned 
     }
     fit = (uint64_t)(max_payload - fixed) / frame_bytes;
     return fit > 0xFFFFu ? 0xFFFFu : (uint32_t)fit;
+}
+
+uint32_t rc_max_elements_per_tensor(size_t max_payload, unsigned rank, size_t name_len, unsigned bits)
+{
+    size_t fixed = RC_TENSOR_HEADER_SIZE + 4u * (size_t)rank + name_len;
+    uint64_t fit;
+    if (max_payload < fixed || (bits != 8 && bits != 16 && bits != 32)) {
+        return 0;
+    }
+    fit = (uint64_t)(max_payload - fixed) / (bits / 8u);
+    return fit > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)fit;
 }
 
 /* ----------------------------------------------------------------------------------------- receiver */

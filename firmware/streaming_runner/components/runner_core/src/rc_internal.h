@@ -97,6 +97,14 @@ struct rc_runner {
     int stopped;     /* BACKLOG_FULL: FRAMES are refused until RESET or CONFIGURE */
     int run_failed;  /* a module's run failed: the request's ERROR unconfigures the runner */
     char stopped_text[RC_TEXT_MAX];
+    uint32_t runs[RC_MAX_MODULES]; /* module k's runs since RESET/CONFIGURE: its next run is on window runs[k] */
+
+    /* the armed probe (section 7.8): descriptors and names in one allocation, the capture buffers in another */
+    rc_probe_tensor_t *probe_tensors;
+    void *probe_data;
+    unsigned probe_count; /* 0: nothing armed */
+    uint8_t probe_module;
+    uint32_t probe_window;
 };
 
 /* runner_core.c */
@@ -113,5 +121,7 @@ void rc_stream_release(rc_runner_t *r);
 void rc_stream_restart(rc_runner_t *r);
 rc_error_t rc_stream_frames(rc_runner_t *r, const rc_frames_t *m);
 rc_error_t rc_stream_flush(rc_runner_t *r);
+/* Frees the armed probe's buffers; nothing is armed afterwards. */
+void rc_probe_disarm(rc_runner_t *r);
 
 #endif /* RC_INTERNAL_H */

@@ -104,6 +104,7 @@ rc_error_t rc_stream_allocate(rc_runner_t *r)
 
 void rc_stream_release(rc_runner_t *r)
 {
+    rc_probe_disarm(r); /* CONFIGURE and MODEL_BEGIN discard an armed probe */
     if (r->arena != NULL) {
         r->pf.free(r->pf.ctx, r->arena);
     }
@@ -126,6 +127,8 @@ void rc_stream_restart(rc_runner_t *r)
     }
     r->frames = r->steps = 0;
     r->stopped = 0;
+    memset(r->runs, 0, sizeof r->runs);
+    rc_probe_disarm(r); /* RESET and CONFIGURE discard an armed probe */
 }
 
 /* --------------------------------------------------------------------------------------- batches */
@@ -220,6 +223,79 @@ static void batch_add(rc_runner_t *r, unsigned k, const rc_task_t *t, uint32_t s
     }
 }
 
+/* ----------------------------------------------------------------------------------------- probes */
+
+void rc_probe_disarm(rc_runner_t *r)
+{
+    if (r->probe_tensors != NULL) {
+        r->pf.free(r->pf.ctx, r->probe_tensors);
+    }
+    if (r->probe_data != NULL) {
+        r->pf.free(r->pf.ctx, r->probe_data);
+    }
+    r->probe_tensors = NULL;
+    r->probe_data = NULL;
+    r->probe_count = 0;
+}
+
+/* Native values to little-endian, in place (nothing to do on the little-endian chips and hosts the runner has). */
+static void to_little_endian(uint8_t *p, uint64_t count, unsigned size)
+{
+    const uint16_t one = 1;
+    uint64_t i;
+    unsigned k;
+    if (size == 1 || *(const uint8_t *)&one == 1) {
+        return;
+    }
+    for (i = 0; i < count; i++, p += size) {
+        for (k = 0; k < size / 2; k++) {
+            uint8_t b = p[k];
+            p[k] = p[size - 1 - k];
+            p[size - 1 - k] = b;
+        }
+    }
+}
+
+/* The armed probe's tensors of the run of module k at `step` (section 7.8): tensor after tensor in PROBE's order,
+ * each whole or in parts of rc_max_elements_per_tensor() elements, straight from its capture buffer. */
+static void send_probe(rc_runner_t *r, uint32_t step)
+{
+    unsigned i, d;
+    for (i = 0; i < r->probe_count; i++) {
+        const rc_probe_tensor_t *t = &r->probe_tensors[i];
+        size_t name_len = strlen(t->name), e = t->bits / 8u;
+        uint64_t elements = 1, first = 0;
+        uint32_t per;
+        rc_message_t msg;
+        memset(&msg, 0, sizeof msg);
+        msg.type = RC_MSG_TENSOR;
+        msg.u.tensor.module = r->probe_module;
+        msg.u.tensor.window = r->probe_window;
+        msg.u.tensor.step = step;
+        msg.u.tensor.index = (uint8_t)i;
+        msg.u.tensor.bits = t->bits;
+        msg.u.tensor.exponent = t->exponent;
+        msg.u.tensor.rank = t->shape.rank;
+        for (d = 0; d < t->shape.rank; d++) {
+            msg.u.tensor.shape[d] = t->shape.dims[d];
+            elements *= t->shape.dims[d];
+        }
+        msg.u.tensor.name.ptr = (const uint8_t *)t->name;
+        msg.u.tensor.name.len = name_len;
+        to_little_endian((uint8_t *)t->data, elements, (unsigned)e);
+        /* >= 1: PROBE checked it */
+        per = rc_max_elements_per_tensor(r->pf.max_payload, t->shape.rank, name_len, t->bits);
+        do { /* one message for a tensor without elements */
+            uint64_t count = elements - first < per ? elements - first : per;
+            msg.u.tensor.first_element = (uint32_t)first;
+            msg.u.tensor.data.ptr = (const uint8_t *)t->data + first * e;
+            msg.u.tensor.data.len = (size_t)(count * e);
+            (void)rc_send(r, &msg);
+            first += count;
+        } while (first < elements);
+    }
+}
+
 /* ------------------------------------------------------------------------------------- scheduling */
 
 /* Module k's output (scratch) as module k+1's input: transposed if the layouts differ, requantized with the
@@ -248,11 +324,22 @@ static rc_error_t run_head(rc_runner_t *r, uint32_t step)
     rc_timing_t timing = {0, 0};
     char why[RC_TEXT_MAX / 2];
     rc_error_t code;
+    const int probed = r->probe_count > 0 && r->probe_module == k && r->probe_window == t->window;
     why[0] = '\0';
-    code = r->pf.backend->module_run(r->pf.ctx, (uint8_t)k, t->data, r->scratch, &timing, why, sizeof why);
+    if (probed) {
+        code = r->pf.backend->module_run_probed(r->pf.ctx, (uint8_t)k, t->data, r->scratch, &timing,
+                                                r->probe_tensors, r->probe_count, why, sizeof why);
+    } else {
+        code = r->pf.backend->module_run(r->pf.ctx, (uint8_t)k, t->data, r->scratch, &timing, why, sizeof why);
+    }
     if (code != RC_OK) {
         r->run_failed = 1;
         return rc_fail(r, rc_error_code(code), "module %u on window %lu: %s", k, (unsigned long)t->window, why);
+    }
+    r->runs[k]++;
+    if (probed) { /* right after the run, before its OUTPUT and the step's CREDIT (section 7.8) */
+        send_probe(r, step);
+        rc_probe_disarm(r);
     }
     t->timings[k] = timing;
     if (rc_module_reported(r, k)) {

@@ -542,6 +542,124 @@ static rc_error_t require_configured(rc_runner_t *r, const char *request)
     return r->configured ? RC_OK : rc_fail(r, RC_ERR_NOT_CONFIGURED, "%s before CONFIGURE", request);
 }
 
+/* One name of the PROBE into *t, described by the backend, its NUL-terminated copy in `text` (RC_MAX_NAME bytes);
+ * *bytes += the 8-byte aligned size of its capture buffer. */
+static rc_error_t describe_probe_tensor(rc_runner_t *r, const rc_probe_msg_t *m, rc_bytes_t name,
+                                        rc_probe_tensor_t *t, char *text, uint64_t *bytes)
+{
+    uint64_t elements = 1;
+    char why[RC_TEXT_MAX];
+    rc_error_t code;
+    unsigned i;
+    if (name.len >= RC_MAX_NAME) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensor name of %lu bytes, this runner takes at most %u",
+                       m->module, (unsigned long)name.len, RC_MAX_NAME - 1u);
+    }
+    if (memchr(name.ptr, 0, name.len) != NULL) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensor name contains a 0x00 byte", m->module);
+    }
+    memcpy(text, name.ptr, name.len);
+    text[name.len] = '\0';
+    memset(t, 0, sizeof *t);
+    t->name = text;
+    why[0] = '\0';
+    code = r->pf.backend->probe_find(r->pf.ctx, m->module, text, t, why, sizeof why);
+    if (code != RC_OK) {
+        return rc_fail(r, rc_error_code(code), "module %u: %s", m->module, why);
+    }
+    if ((t->bits != 8 && t->bits != 16 && t->bits != 32) || t->shape.rank > RC_MAX_TENSOR_RANK) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensor '%s' of %u bits and rank %u cannot be captured",
+                       m->module, text, t->bits, t->shape.rank);
+    }
+    if (t->bits == 32) {
+        t->exponent = 0;
+    }
+    for (i = 0; i < t->shape.rank; i++) {
+        elements = elements > 0xFFFFFFFFu ? elements : elements * t->shape.dims[i];
+    }
+    if (elements > 0xFFFFFFFFu) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensor '%s' has more than 2^32 - 1 elements", m->module,
+                       text);
+    }
+    if (elements > 0 && rc_max_elements_per_tensor(r->pf.max_payload, t->shape.rank, name.len, t->bits) == 0) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: tensor '%s' does not fit a TENSOR of %u bytes", m->module,
+                       text, r->pf.max_payload);
+    }
+    *bytes += (elements * (t->bits / 8u) + 7u) / 8u * 8u; /* each buffer 8-byte aligned */
+    return RC_OK;
+}
+
+/* PROBE (docs/protocol.md 0x0A): discards an armed probe, checks module, window and names, reserves the capture
+ * buffers and arms the new one; run_head() in rc_stream.c captures and sends it. */
+static rc_error_t handle_probe(rc_runner_t *r, const rc_probe_msg_t *m)
+{
+    const uint8_t *p = m->names.ptr;
+    size_t left = m->names.len, table;
+    uint64_t bytes = 0;
+    rc_probe_tensor_t *tensors;
+    char *text;
+    uint8_t *data;
+    unsigned i;
+    rc_error_t code;
+    rc_probe_disarm(r);
+    if ((code = require_configured(r, "PROBE")) != RC_OK) {
+        return code;
+    }
+    if (m->module >= r->module_count) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: the configuration has %u modules", m->module,
+                       r->module_count);
+    }
+    if (r->pf.backend->probe_find == NULL || r->pf.backend->module_run_probed == NULL) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG, "module %u: this runner cannot capture tensors", m->module);
+    }
+    if (m->window < r->runs[m->module]) {
+        return rc_fail(r, RC_ERR_BAD_CONFIG,
+                       "module %u has already run window %lu (%lu runs since RESET): arm a probe before its window runs",
+                       m->module, (unsigned long)m->window,
+                       (unsigned long)r->runs[m->module]);
+    }
+    /* descriptors and names together; a name takes at most RC_MAX_NAME bytes with its NUL */
+    table = (size_t)m->name_count * sizeof(rc_probe_tensor_t);
+    tensors = (rc_probe_tensor_t *)r->pf.alloc(r->pf.ctx, table + (size_t)m->name_count * RC_MAX_NAME);
+    if (tensors == NULL) {
+        return rc_fail(r, RC_ERR_OUT_OF_MEMORY, "probe of %u tensors (%lu bytes) does not fit in memory",
+                       m->name_count, (unsigned long)(table + (size_t)m->name_count * RC_MAX_NAME));
+    }
+    text = (char *)tensors + table;
+    for (i = 0; i < m->name_count; i++) {
+        rc_bytes_t name;
+        size_t used = rc_probe_name_read(p, left, &name); /* cannot fail: unpack checked every name */
+        code = describe_probe_tensor(r, m, name, &tensors[i], text + (size_t)i * RC_MAX_NAME, &bytes);
+        if (code != RC_OK) {
+            r->pf.free(r->pf.ctx, tensors);
+            return code;
+        }
+        p += used;
+        left -= used;
+    }
+    data = bytes <= (uint64_t)SIZE_MAX ? (uint8_t *)r->pf.alloc(r->pf.ctx, bytes > 0 ? (size_t)bytes : 1u) : NULL;
+    if (data == NULL) {
+        r->pf.free(r->pf.ctx, tensors);
+        return rc_fail(r, RC_ERR_OUT_OF_MEMORY, "probe of %u tensors (%llu bytes) does not fit in memory",
+                       m->name_count, (unsigned long long)bytes);
+    }
+    r->probe_tensors = tensors;
+    r->probe_data = data;
+    r->probe_count = m->name_count;
+    r->probe_module = m->module;
+    r->probe_window = m->window;
+    for (i = 0; i < m->name_count; i++) {
+        uint64_t elements = 1;
+        unsigned d;
+        for (d = 0; d < tensors[i].shape.rank; d++) {
+            elements *= tensors[i].shape.dims[d];
+        }
+        tensors[i].data = data;
+        data += (elements * (tensors[i].bits / 8u) + 7u) / 8u * 8u;
+    }
+    return RC_OK;
+}
+
 /* Runs a request of a greeted host; *detail is the ACK's detail. */
 static rc_error_t handle_request(rc_runner_t *r, const rc_message_t *msg, rc_bytes_t *detail)
 {
@@ -557,6 +675,7 @@ static rc_error_t handle_request(rc_runner_t *r, const rc_message_t *msg, rc_byt
             rc_stream_restart(r); /* no frames wait between messages, so no CREDIT precedes the ACK */
         }
         return code;
+    case RC_MSG_PROBE: return handle_probe(r, &msg->u.probe);
     case RC_MSG_FRAMES:
         if ((code = require_configured(r, "FRAMES")) == RC_OK) {
             code = rc_stream_frames(r, &msg->u.frames);
