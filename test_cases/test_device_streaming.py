@@ -34,9 +34,10 @@ def test_streamed_matches_offline(hil_case, quantized_model, streaming_exports, 
     result = stream_pipeline(device, streaming_exports, frames, w)
     accuracy = hil_session.accuracy(quantized_model)  # the float model's decisions, for the device's task figures
     last = result.outputs[-1]
-    task = task_figures(quantized_model.spec, getattr(frames, "labels", None),
-                        {"device": last.data.astype(np.float64) * 2.0**last.exponent}, t,
-                        accuracy.float_out if accuracy is not None else None)
+    # the device's task figures; a metric that fails is the accuracy case's failure (test_model_accuracy), noted here
+    task, task_error = task_figures(quantized_model.spec, getattr(frames, "labels", None),
+                                    {"device": last.data.astype(np.float64) * 2.0**last.exponent}, t,
+                                    accuracy.float_out if accuracy is not None else None)
     streamed = judged_outputs(quantized_model, w, t, result.outputs)
     rows = verdict_rows(quantized_model, w, t)
     note = unjudged_note(quantized_model, w, t)
@@ -56,6 +57,7 @@ def test_streamed_matches_offline(hil_case, quantized_model, streaming_exports, 
         arrays={"streamed": result.outputs[-1], "device_offline": device_offline.outputs[-1],
                 **({"simulated": reference[-1]} if reference is not None else {})},
         task=task,
+        **({"task_error": task_error} if task_error else {}),
         latency_us=[round(x, 1) for x in result.latency_us],
         cycles=[round(x) for x in result.cycles],
         **({"not_judged": note} if note else {}),

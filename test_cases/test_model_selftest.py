@@ -14,8 +14,8 @@ import pytest
 from harness.emulator.check import check
 
 
-def test_embedded_test_values_match_the_chip_arithmetic(hil_model, hil_session):
-    qm = hil_session.quantizer.model(hil_model.spec, hil_model.target)
+def test_embedded_test_values_match_the_chip_arithmetic(hil_model, hil_session, quantized_model):
+    qm = quantized_model
     for module in qm.modules:
         model = hil_session.parsed(module.offline_espdl)
         if hil_model.spec.exports is not None and not model.test_outputs:

@@ -105,3 +105,32 @@ def test_frames_too_short_for_a_window_are_one_line(tmp_path):
     assert proc.returncode == 4
     assert error_lines(proc) == [f"ERROR: --frames {path}: sequences of 9 frames cannot be cut into windows of 6 "
                                  f"frames; pass --window-sizes that divide it."]
+
+
+def test_a_spec_function_that_fails_is_one_line_per_case_and_runs_once(tmp_path):
+    """A spec whose quant_setting raises: each of the model's cases ends with the same line, none with a
+    traceback, and the model is not tried again for every case (a calibration costs seconds to minutes)."""
+    calls = tmp_path / "calls.txt"
+    spec = tmp_path / "broken_setting.py"
+    spec.write_text(
+        "from models.tcn import ResidualTemporalBlock\n"
+        "NAME = 'broken_setting'\nSTREAMING = 'auto'\n"
+        "CONFIG = {'channels': 8, 'expand': 16, 'kernel_size': 3, 'dilation': 2, 'sequence_length': 12, 'seed': 3,\n"
+        "          'calibration_sequences': 4, 'sequences': 2}\n"
+        "def build_submodels(config):\n"
+        "    return [ResidualTemporalBlock(8, 16, 3, 2, gate=False)]\n"
+        "def quant_setting(setting):\n"
+        f"    open({str(calls)!r}, 'a').write('called\\n')\n"
+        "    return setting.layer_cfg['x']\n")
+    proc = run_pytest("--target=esp32p4", f"--model-spec={spec}", f"--hil-cache-dir={tmp_path / 'cache'}",
+                      f"--artifacts-dir={tmp_path / 'out'}", "--window-sizes=1,3")
+    assert proc.returncode == 1
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text and 'File "' not in text, text
+    line = (f"ConfigError: model spec {spec}: quant_setting() raised AttributeError: 'QuantizationSetting' object "
+            f"has no attribute 'layer_cfg'; modify the QuantizationSetting it is given (or return a new one); see "
+            f"README, 'Adding a model'.")
+    errors = [t for t in text.splitlines() if t.startswith("ConfigError:")]
+    assert errors and set(errors) == {line}, text
+    assert "errors" in text.splitlines()[-1] and "passed" not in text.splitlines()[-1]
+    assert calls.read_text().count("called") == 1

@@ -86,7 +86,7 @@ def _an_npy_named_npz(path):
          r"labels of shape \[2, 11\] do not match 2 sequence\(s\) of 12 frames; give \[2, 12\] \(one per frame\) or \[2\]"),
         ({"frames": FLOATS, "labels": np.zeros(3, int)}, r"labels of shape \[3\] do not match 2 sequence\(s\) of 12"),
         ({"frames": FLOATS, "labels": np.array([[0] * 12, [0, 1, 2, -1] + [0] * 8])},
-         r"label -1 at index \[1, 3\] is negative \(1 of 24\); use class ids 0, 1, 2"),
+         r"label -1 at index \[1, 3\] is negative \(1 of 24\); use class ids counted from 0 \(0, 1, 2 and so on\)"),
         (_not_an_archive, r"cannot be read as .npz \(.*\); save with numpy.savez\(path, frames="),
         (_an_npy_named_npz, r"is one .npy array, not an .npz archive; name it \*.npy"),
     ],

@@ -1,12 +1,12 @@
 """The sign-off report's parts: real-time figures, accuracy and task figures, the markdown's sections, plots."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 from harness.device.dut import StreamResult
-from harness.errors import ConfigError
 from harness.ppq.accuracy import aligned, agreement, cosine, snr_db, task_figures, top1
 from harness.signoff import plots
 from harness.signoff.markdown import lint_lines, markdown
@@ -81,18 +81,28 @@ def test_task_figures_top1_agreement_and_the_spec_metric(tmp_path):
     out = np.eye(3)[None].repeat(2, 0)  # [2, 3, 3]: decisions 0, 1, 2
     labels = np.array([[0, 1, 1], [0, 1, 2]])
     figures = task_figures(spec_with(tmp_path), labels, {"float": out, "device": out}, 3, out)
-    assert figures == {"top1_float": 5 / 6, "top1_device": 5 / 6, "agreement_float_device": 1.0}
+    assert figures == ({"top1_float": 5 / 6, "top1_device": 5 / 6, "agreement_float_device": 1.0}, None)
     metric = spec_with(tmp_path, lambda o, l: {"hits": float((np.argmax(o, -1) == l).sum())})
-    assert task_figures(metric, labels, {"device": out}, 3) == {"hits_device": 5.0}
-    assert task_figures(spec_with(tmp_path), None, {"device": out}, 3, out) == {"agreement_float_device": 1.0}
+    assert task_figures(metric, labels, {"device": out}, 3) == ({"hits_device": 5.0}, None)
+    # without labels nothing says the outputs are class scores (a regression output has no decision)
+    assert task_figures(spec_with(tmp_path), None, {"device": out}, 3, out) == ({}, None)
 
 
 @pytest.mark.parametrize("metric, match", [(lambda o, l: 1 / 0, r"metric\(\) raised ZeroDivisionError"),
                                            (lambda o, l: [0.5], r"metric\(\) returned \[0.5\]")])
 def test_a_broken_metric_is_one_line(tmp_path, metric, match):
-    with pytest.raises(ConfigError, match=match) as info:
-        task_figures(spec_with(tmp_path, metric), np.zeros((1, 2), int), {"device": np.zeros((1, 2, 2))}, 2)
-    assert "\n" not in str(info.value)
+    figures, error = task_figures(spec_with(tmp_path, metric), np.zeros((1, 2), int), {"device": np.zeros((1, 2, 2))}, 2)
+    assert figures == {} and re.search(match, error) and "\n" not in error
+
+
+def test_labels_beyond_the_outputs_classes_are_one_line(tmp_path):
+    out = np.eye(3)[None].repeat(2, 0)  # three classes
+    figures, error = task_figures(spec_with(tmp_path), np.array([0, 9]), {"device": out}, 3, out)
+    assert error == ("labels reach class id 9, but the last sub-model's output has 3 channels (classes 0..2); give "
+                     "labels of this model's classes, or define metric(outputs, labels) in the spec for another task")
+    # a metric decides what labels mean: the same labels are fine for it
+    metric = spec_with(tmp_path, lambda o, l: {"n": float(len(l))})
+    assert task_figures(metric, np.array([0, 9]), {"device": out}, 3) == ({"n_device": 2.0}, None)
 
 
 def test_the_float_and_quantized_chains_of_a_model(tiny, tmp_path):

@@ -62,6 +62,22 @@ _REPAIR = ("the harness gives each temporal consumer its own StreamingCache; if 
            "streaming_table entry of its own")
 
 
+def _repair(table: dict[str, int] | None, tensor: str) -> str:
+    """The fix for a miswired StreamingCache on ``tensor``, for whoever made the file.
+
+    ``table`` is None for a file exported elsewhere (its author chose the passes and the table); for the
+    harness's own export it holds the spec's streaming-table windows that export used, the only part of the
+    wiring the user controls: the harness already passes its own repair to ESP-PPQ.
+    """
+    if table is None:
+        return _REPAIR
+    if tensor in table:
+        return (f"the spec's streaming_table entry for '{tensor}' (window {table[tensor]}) made this cache: correct "
+                f"its window, or remove it (the harness caches temporal readers by itself)")
+    return ("the harness's export repair (harness.ppq.export_repairs.per_consumer_caches) gives each temporal "
+            "consumer its own StreamingCache and did not here: report this as a harness problem, with the spec")
+
+
 def _last_frames(model: EspdlModel, node, axis: int) -> int | None:
     """F when ``node`` is a Slice that keeps the last F frames of ``axis`` (a classifier's input), else None."""
     if node.op_type != "Slice" or len(node.inputs) < 4 or axis is None:
@@ -92,7 +108,8 @@ def _through_transposes(readers: dict, tensor: str, axis: int):
             yield reader, None
 
 
-def check_streaming_structure(model: EspdlModel, path, frames: int | None = None) -> None:
+def check_streaming_structure(model: EspdlModel, path, frames: int | None = None,
+                              table: dict[str, int] | None = None) -> None:
     """The wiring of an auto-streaming export is one the chip can run, or one line says what is wrong.
 
     Every StreamingCache feeds only temporal ops whose receptive field is its window and whose time padding
@@ -100,6 +117,9 @@ def check_streaming_structure(model: EspdlModel, path, frames: int | None = None
     temporal op that looks at more than one frame is fed by such a cache. The one reader without time context
     a cache may have is a Slice of the last F frames (a per-window head) when the cache holds them: F at most
     its cached frames plus the window of ``frames`` (one frame when not known).
+
+    ``table``: for a file the harness exported, the spec's streaming-table windows by tensor (the fix then names
+    the entry at fault, not options only someone exporting by hand has); None for a file exported elsewhere.
     """
     producers = {out: node for node in model.nodes for out in node.outputs}
     readers: dict[str, list] = {}
@@ -110,11 +130,12 @@ def check_streaming_structure(model: EspdlModel, path, frames: int | None = None
     for cache in (n for n in model.nodes if n.op_type == "StreamingCache"):
         window = int(cache.attributes.get("window_size", 1))
         out = cache.outputs[0]
+        fix = _repair(table, cache.inputs[0] if cache.inputs else out)
         if out in outputs:
             raise QuantizationError(
                 f"{path}: graph output '{out}' is StreamingCache '{cache.name}' itself ({window - 1} frames of "
                 f"context plus the window), not the window",
-                _REPAIR,
+                fix,
             )
         for reader, axis in _through_transposes(readers, out, int(cache.attributes.get("frame_axis", 1))):
             last = _last_frames(model, reader, axis)
@@ -130,14 +151,14 @@ def check_streaming_structure(model: EspdlModel, path, frames: int | None = None
                 raise QuantizationError(
                     f"{path}: {reader.op_type} '{reader.name}' reads StreamingCache '{cache.name}' (the window plus "
                     f"{window - 1} cached frames) but has no time context, so it gets {window - 1} frames too many",
-                    _REPAIR,
+                    fix,
                 )
             need = op_window(reader)
             if need != window:
                 raise QuantizationError(
                     f"{path}: {reader.op_type} '{reader.name}' sees {need} frames but its StreamingCache "
                     f"'{cache.name}' keeps a window of {window}",
-                    _REPAIR,
+                    fix,
                 )
             if _time_pads(reader) != (0, 0):
                 raise QuantizationError(
@@ -153,7 +174,7 @@ def check_streaming_structure(model: EspdlModel, path, frames: int | None = None
             raise QuantizationError(
                 f"{path}: {node.op_type} '{node.name}' sees {op_window(node)} frames but gets no StreamingCache, "
                 f"so every window would see zeros instead of its past",
-                _REPAIR,
+                _repair(table, node.inputs[0]),
             )
 
 

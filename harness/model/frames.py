@@ -174,7 +174,7 @@ def _check_labels(labels: np.ndarray, floats: np.ndarray, path: Path) -> np.ndar
     if negative.any():
         where = [int(i) for i in np.argwhere(negative)[0]]
         raise ConfigError(f"--frames {path}: label {int(labels[tuple(where)])} at index {where} is negative "
-                          f"({int(negative.sum())} of {labels.size})", "use class ids 0, 1, 2, ...")
+                          f"({int(negative.sum())} of {labels.size})", "use class ids counted from 0 (0, 1, 2 and so on)")
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 

@@ -32,6 +32,9 @@ WARNING_FILTERS = (
     "ignore:The feature will be removed:DeprecationWarning:torch.onnx._internal.torchscript_exporter.utils",
     # pytest-embedded's autouse fixtures call record_xml_attribute, which pytest labels experimental
     "ignore:record_xml_attribute is an experimental feature:pytest.PytestExperimentalApiWarning",
+    # ... and, with --junitxml, pytest warns per test that the attribute does not fit its default xunit2 schema
+    # (the harness's figures are record_property pairs, which it keeps)
+    "ignore:record_xml_attribute is incompatible with junit_family:pytest.PytestWarning",
 )
 
 
@@ -146,9 +149,12 @@ def hil_model() -> ModelCase:
 
 
 @pytest.fixture
-def quantized_model(hil_case: Case, hil_session: HilSession):
-    """Stage 1: every sub-model of the case's model, calibrated once for its target."""
-    return hil_session.quantizer.model(hil_case.spec, hil_case.target)
+def quantized_model(request: pytest.FixtureRequest, hil_session: HilSession):
+    """Stage 1: every sub-model of the case's model, calibrated once for its target (a ``hil_case`` or a
+    ``hil_model`` test). A model that could not be quantized fails each of its cases with the same line, once
+    computed."""
+    case = request.getfixturevalue("hil_case" if "hil_case" in request.fixturenames else "hil_model")
+    return hil_session.quantized(case.spec, case.target)
 
 
 @pytest.fixture
@@ -156,7 +162,7 @@ def streaming_exports(hil_case: Case, hil_session: HilSession, quantized_model):
     """Stage 1: the streaming ``.espdl`` of each sub-model for the case's window size (lint findings warned)."""
     from harness.espdl.lint import LintWarning
 
-    exports = hil_session.quantizer.streaming_exports(quantized_model, hil_case.window)
+    exports = hil_session.streaming_exports(quantized_model, hil_case.window)
     for e in exports:
         for finding in e.lint:
             key = (hil_case.target.name, hil_case.spec.name, e.module, finding)
@@ -250,7 +256,7 @@ def record_case(request: pytest.FixtureRequest, hil_session: HilSession):
     fields; a plain ``Comparison`` (one question, e.g. the host check) its figures.
     """
     hil_case = request.getfixturevalue("hil_case" if "hil_case" in request.fixturenames else "hil_model")
-    quantized_model = hil_session.quantizer.model(hil_case.spec, hil_case.target)
+    quantized_model = hil_session.quantized(hil_case.spec, hil_case.target)
 
     def record(*results, arrays: dict | None = None, **extra) -> None:
         import numpy as np
@@ -287,7 +293,8 @@ def case_provenance(request: pytest.FixtureRequest, hil_session: HilSession, qm)
         manifest = frames.manifest()
         source = {k: manifest.get(k) for k in ("source", "seed", "sha256", "file_sha256") if manifest.get(k) is not None}
     return {"espdl_sha256": files, "frames_source": source,
-            "calibration_source": getattr(qm, "calibration_source", None), "cache_entry": qm.directory.name}
+            "calibration_source": getattr(qm, "calibration_source", None),
+            "quant_setting": getattr(qm, "setting_changes", None) or None, "cache_entry": qm.directory.name}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -302,6 +309,11 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     """Every phase report of a HIL case carries the case and its measurements (xdist ships them to the controller)."""
     report = yield
     item.stash.setdefault(PHASES, {})[report.when] = report
+    if call.excinfo is not None and call.excinfo.errisinstance(HarnessError) and report.failed:
+        # a bad input (a spec's function, a file): its one line names the cause and the fix; the harness's own
+        # stack says nothing more to the user (`pytest --full-trace` still shows it)
+        if not item.config.getoption("fulltrace", False):
+            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
     case = identity(item)
     if case is not None:
         report.espdl_hil = plain({**case, **item.stash.get(CASE, {})})

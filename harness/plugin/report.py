@@ -112,7 +112,7 @@ class SessionReport:
         for case in cases:
             if case.get("cache_entry"):
                 entry = models.setdefault((case["target"], case["model"]), {"target": case["target"], "model": case["model"]})
-                for key in ("cache_entry", "calibration_source", "frames_source"):
+                for key in ("cache_entry", "calibration_source", "frames_source", "quant_setting"):
                     if case.get(key) is not None:
                         entry[key] = case[key]
         return {

@@ -34,6 +34,7 @@ class HilSession:
     warned: set = field(default_factory=set)  # lint findings already shown
     plotter: object = None  # harness.signoff.plots.Plotter, started when the cases start
     _parsed: object = None  # harness.emulator.virtual_board.ParsedModels
+    _failed: dict = field(default_factory=dict)  # (model, target[, window]) -> the HarnessError raised
 
     def __post_init__(self) -> None:
         from harness.plugin.boards import HeldDevices
@@ -118,6 +119,28 @@ class HilSession:
                 board.stop()
             board = self._boards[target] = self._new_board(target)
         return board.start()
+
+    def quantized(self, spec, target):
+        """``quantizer.model(spec, target)``; its ``HarnessError`` (a spec's function, a bad setting) is kept and
+        raised again for the model's later cases instead of calibrating again."""
+        return self._once((spec.name, target.name), lambda: self.quantizer.model(spec, target))
+
+    def streaming_exports(self, qm, window: int):
+        """``quantizer.streaming_exports(qm, window)``, its ``HarnessError`` (a streaming table the export refuses)
+        kept like ``quantized``'s: the window's other cases fail with the same line without exporting again."""
+        return self._once((qm.spec.name, qm.target.name, window),
+                          lambda: self.quantizer.streaming_exports(qm, window))
+
+    def _once(self, key: tuple, make):
+        from harness.errors import HarnessError
+
+        if key in self._failed:
+            raise self._failed[key].with_traceback(None)
+        try:
+            return make()
+        except HarnessError as exc:
+            self._failed[key] = exc.with_traceback(None)
+            raise
 
     def parsed(self, path):
         """The ``.espdl`` at ``path``, parsed once per content (kept under the cache, as the virtual board keeps it)."""

@@ -245,21 +245,39 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(da[:, -rows:] == db[:, -rows:]))
 
 
-def task_figures(spec, labels, outputs: dict[str, np.ndarray], frames: int, float_out: np.ndarray | None = None) -> dict:
+def task_figures(spec, labels, outputs: dict[str, np.ndarray], frames: int,
+                 float_out: np.ndarray | None = None) -> tuple[dict, str | None]:
     """Task-level figures of each source's outputs (``{"float": ..., "quantized": ..., "device": ...}``, each
-    ``[S, rows, C]`` floats): the spec's ``metric(outputs, labels)`` when it defines one, else top-1 accuracy
-    against ``labels``; and each source's decision agreement with the float model's. Empty without labels
-    (agreement needs none, and is given whenever ``float_out`` is)."""
+    ``[S, rows, C]`` floats) against ``labels``: the spec's ``metric(outputs, labels)`` when it defines one, else
+    top-1 accuracy; and each source's decision agreement with the float model's (``float_out``). Nothing without
+    labels: without them nothing says the outputs are class scores.
+
+    Returns (figures, error): a metric that fails or labels that do not fit the outputs give the one line that
+    says so (the caller records it with its other figures), not an exception.
+    """
+    from harness.errors import HarnessError
+
     figures: dict = {}
-    if labels is not None:
+    if labels is None:
+        return figures, None
+    labels = np.asarray(labels)
+    try:
         for source, out in outputs.items():
-            values = spec.evaluate(np.asarray(out), np.asarray(labels))  # the spec's metric, checked; None without
+            out = np.asarray(out)
+            values = spec.evaluate(out, labels)  # the spec's metric, checked; None without
             if values is not None:
                 figures.update({f"{k}_{source}": v for k, v in values.items()})
-            else:
-                figures[f"top1_{source}"] = top1(out, labels, frames)
+                continue
+            classes = out.shape[-1]
+            if labels.size and int(labels.max()) >= classes:
+                return figures, (f"labels reach class id {int(labels.max())}, but the last sub-model's output has "
+                                 f"{classes} channels (classes 0..{classes - 1}); give labels of this model's classes, "
+                                 f"or define metric(outputs, labels) in the spec for another task")
+            figures[f"top1_{source}"] = top1(out, labels, frames)
+    except HarnessError as exc:
+        return figures, str(exc)
     if float_out is not None:
         for source, out in outputs.items():
             if source != "float":
                 figures[f"agreement_float_{source}"] = agreement(float_out, out)
-    return figures
+    return figures, None

@@ -79,7 +79,7 @@ def layout_transposes(original_ops):
     return mark
 
 
-_UNSUPPORTED = re.compile(r"Operation (\S+) of type (\S+) is not supported for AutoStreamingPattern\. "
+UNSUPPORTED_OP = re.compile(r"Operation (\S+) of type (\S+) is not supported for AutoStreamingPattern\. "
                           r"Please insert manually on variables: \[(.*)\]")
 
 
@@ -91,14 +91,14 @@ def streaming_table_advice(log_text: str, graph, what: str):
     """
     from harness.errors import StreamingError
 
-    match = _UNSUPPORTED.search(log_text)
+    match = UNSUPPORTED_OP.search(log_text)
     if match is None:
         return None
     name, kind = match.group(1), match.group(2)
     tensors = re.findall(r"'([^']*)'", match.group(3))
     op = graph.operations.get(name)
     data = op.inputs[0].name if op is not None and op.inputs else (tensors[0] if tensors else "?")
-    frames = _last_frames(op) if op is not None and kind == "Slice" else None
+    frames = last_frames(op) if op is not None and kind == "Slice" else None
     if frames is not None:
         call, how = f"insert_streaming_cache_on_var({data!r}, {frames})", f"the Slice reads the last {frames} frames"
     elif op is not None and kind == "Slice" and 2 not in _slice_axes(op):
@@ -122,7 +122,7 @@ def _slice_axes(op) -> list[int]:
     return [int(a) % rank for a in values[2].reshape(-1).tolist()]
 
 
-def _last_frames(op) -> int | None:
+def last_frames(op) -> int | None:
     """F for a Slice that keeps the last F frames of the time axis (ONNX NCW axis 2), else None."""
     values = [v.value for v in op.inputs[1:]]
     if len(values) < 3 or any(v is None for v in values[:3]):

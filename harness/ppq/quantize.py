@@ -527,7 +527,8 @@ class Quantizer:
                        table: list[dict] = ()) -> dict:
         """Export module ``m`` for windows of ``frames`` frames: streaming (with its state) or offline.
 
-        ``table``: the spec's manual streaming-table entries (auto models), given to every module's export.
+        ``table``: the spec's manual streaming-table entries (auto models); each module's export gets those that
+        name one of its tensors (and, when they name an op, that op reading or writing it).
         """
         platform = qm.target.ppq_platform(qm.bits)
         path = out / f"m{m.index}.espdl"
@@ -540,7 +541,7 @@ class Quantizer:
             check_causal(graph, f"module {m.index} of '{qm.spec.name}'")
         log = out / f"m{m.index}.export.log"
         with (
-            _advised(log, graph, f"module {m.index} of '{qm.spec.name}' {what}"),
+            _advised(log, graph, f"module {m.index} of '{qm.spec.name}' {what}", qm, m.index),
             ppq_call(f"export {qm.spec.name} module {m.index} {what}", log),
             repaired_exports(),
         ):
@@ -555,7 +556,7 @@ class Quantizer:
                 graph_input.shape = [1, m.in_channels, -1]
                 try:
                     exporter.export(str(path), graph, auto_streaming=True, streaming_input_shape=shape,
-                                    streaming_table=[e for e in table if set(e) <= set(graph.variables)] or None,
+                                    streaming_table=_entries_for(table, graph) or None,
                                     streaming_custom_passes=[per_consumer_caches, layout_transposes(set(graph.operations))],
                                     export_config=True)
                 finally:
@@ -582,7 +583,8 @@ class Quantizer:
         model = load_espdl(path)
         check_interface(model, inputs, {n: exps[n] for n in names[1::2]}, path)
         if auto:
-            check_streaming_structure(model, path, frames)
+            check_streaming_structure(model, path, frames, table={
+                name: entry["window_size"] for e in _entries_for(table, graph) for name, entry in e.items()})
         check_frame_rate(model, qm.target, frames, "output", layouts["output"], path, m.output, m.out_channels)
         return {
             "module": m.index,
@@ -603,13 +605,72 @@ class Quantizer:
 
 
 @contextlib.contextmanager
-def _advised(log: Path, graph, what: str):
-    """ESP-PPQ's "insert manually" export error becomes the streaming-table entry to add."""
+def _advised(log: Path, graph, what: str, qm: QuantizedModel | None = None, module: int | None = None):
+    """ESP-PPQ's "insert manually" export error becomes the streaming-table entry to add.
+
+    Tensor names restart per sub-model, so when another sub-model of ``qm`` has a tensor of the same name the
+    entry must name the op it is for: the spec's ``streaming_table(config)`` has no sub-model argument, and an
+    entry without an op reaches every sub-model that has the tensor.
+    """
     try:
         yield
     except QuantizationError as exc:
-        advice = streaming_table_advice(log.read_text() if log.is_file() else "", graph, what)
+        text = log.read_text() if log.is_file() else ""
+        advice = streaming_table_advice(text, graph, what)
+        if advice is not None and qm is not None:
+            advice = _for_one_module(advice, text, graph, qm, module)
         raise (advice or exc) from None
+
+
+def _for_one_module(advice, log_text: str, graph, qm: QuantizedModel, module: int):
+    """``advice`` whose entry names its op, and says which sub-models it reaches, when the tensor it names is
+    also a tensor of another sub-model (ESP-PPQ's StreamingTable is keyed by tensor name only)."""
+    from harness.ppq.export_repairs import UNSUPPORTED_OP, last_frames
+
+    match = UNSUPPORTED_OP.search(log_text)
+    op = graph.operations.get(match.group(1)) if match else None
+    if op is None or not op.inputs:
+        return advice
+    data = op.inputs[0].name
+    others = [k for k, m in enumerate(qm.modules) if k != module and data in m.tensors]
+    if not others:
+        return advice
+    fix = advice.fix
+    frames = last_frames(op) if op.type == "Slice" else None
+    if frames is not None:  # the one entry the advice gives without its op
+        fix = fix.replace(f"insert_streaming_cache_on_var({data!r}, {frames})",
+                          f"insert_streaming_cache_on_var({data!r}, {frames}, {op.name!r})")
+    shared = [k for k in others if op.name in _touching(qm.modules[k].offline_graph, data)]
+    if shared:  # the op name does not single it out: say where else it applies
+        verb = "has" if len(shared) == 1 else "have"
+        note = f"the entry also reaches {_modules(shared)}, which {verb} an op {op.name!r} at a tensor {data!r} too"
+    else:
+        verb = "has" if len(others) == 1 else "have"
+        note = f"the op name keeps the entry to sub-model {module}: {_modules(others)} also {verb} a tensor {data!r}"
+    return type(advice)(advice.cause, f"{fix}; {note}")
+
+
+def _modules(indices: list[int]) -> str:
+    """'sub-model 1', 'sub-models 0 and 2': the words the messages name sub-models with."""
+    return (f"sub-model {indices[0]}" if len(indices) == 1
+            else f"sub-models {', '.join(map(str, indices[:-1]))} and {indices[-1]}")
+
+
+def _touching(graph, tensor: str) -> set[str]:
+    """Names of the ops of ``graph`` that read or write ``tensor`` (an entry's op must be one of them)."""
+    var = graph.variables.get(tensor)
+    if var is None:
+        return set()
+    return {op.name for op in var.dest_ops} | ({var.source_op.name} if var.source_op is not None else set())
+
+
+def _entries_for(table: list[dict], graph) -> list[dict]:
+    """The streaming-table entries that apply to ``graph``: its tensor, and the op they name (if any) reading or
+    writing it there. ESP-PPQ looks the op up in every graph it gets the entry for, so another sub-model's op
+    would fail deep inside its exporter."""
+    return [e for e in table if all(name in graph.variables and (entry.get("op_name") is None
+                                                                 or entry["op_name"] in _touching(graph, name))
+                                    for name, entry in e.items())]
 
 
 def _table(qm: QuantizedModel, window: int) -> list[dict]:
@@ -636,12 +697,15 @@ def _table(qm: QuantizedModel, window: int) -> list[dict]:
 
 
 def _check_table(qm: QuantizedModel, table: list[dict]) -> None:
-    """Every streaming-table entry names a tensor of some sub-model (ESP-PPQ would only log it)."""
+    """Every streaming-table entry names a tensor of some sub-model (ESP-PPQ would only log it), and the op it
+    names (if any) reads or writes that tensor there. An entry without an op reaches every sub-model that has its
+    tensor; when those sub-models read the tensor differently (names restart per sub-model, so one name may be a
+    conv's input in one and a head's Slice input in another) it is ambiguous and refused."""
     import difflib
 
     known = {n for m in qm.modules for n in m.tensors}
     for entry in table:
-        for name in entry:
+        for name, attrs in entry.items():
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=3)
                 raise ConfigError(
@@ -649,6 +713,65 @@ def _check_table(qm: QuantizedModel, table: list[dict]) -> None:
                     f"'{qm.spec.name}' has" + (f" (close: {', '.join(close)})" if close else ""),
                     "use the tensor names of the ONNX export (netron shows them), e.g. '/out_conv/Conv_output_0'",
                 )
+            having = [m for m in qm.modules if name in m.tensors]
+            op, window = attrs.get("op_name"), attrs.get("window_size")
+            if op is not None:
+                if not any(op in _touching(m.offline_graph, name) for m in having):
+                    ops = sorted({o for m in having for o in _touching(m.offline_graph, name)})
+                    raise ConfigError(
+                        f"model spec {qm.spec.path}: streaming_table entry insert_streaming_cache_on_var({name!r}, "
+                        f"{window}, {op!r}) names op {op!r}, which reads or writes tensor {name!r} in no sub-model of "
+                        f"'{qm.spec.name}'", f"name one of the ops at that tensor: {', '.join(ops)}",
+                    )
+                continue
+            if len(having) < 2:
+                continue
+            readings = {m.index: _readers(m.offline_graph, name) for m in having}
+            if len({tuple(k for k, _ in r) for r in readings.values()}) == 1:
+                continue  # read alike in every sub-model that has it (e.g. repeated blocks): one entry serves all
+            _ambiguous(qm, name, window, readings)
+
+
+def _readers(graph, tensor: str) -> list[tuple[tuple, str]]:
+    """How ``graph`` reads ``tensor``: per reader, (op type and what it takes of the time axis, its name)."""
+    from harness.espdl.lint import receptive_window
+
+    readers = []
+    for op in graph.variables[tensor].dest_ops:
+        if op.type in ("Conv", "ConvTranspose", "AveragePool", "MaxPool"):
+            kernel, dilation = op.attributes.get("kernel_shape") or [1], op.attributes.get("dilations") or [1]
+            detail = receptive_window(int(kernel[0]), int(dilation[0]))
+        elif op.type == "Slice":
+            detail = tuple(None if v.value is None else tuple(int(x) for x in v.value.reshape(-1).tolist())
+                           for v in op.inputs[1:])
+        else:
+            detail = None
+        readers.append(((op.type, detail), op.name))
+    if tensor in graph.outputs:
+        readers.append((("output", None), tensor))
+    return sorted(readers, key=repr)
+
+
+def _ambiguous(qm: QuantizedModel, name: str, window, readings: dict[int, list]) -> None:
+    """One line: the sub-models that have tensor ``name``, how each reads it, and the entry that picks one."""
+    seen = "; ".join(f"sub-model {k}: " + (", ".join(f"{kind[0]} {op!r}" for kind, op in r) or "no reader")
+                     for k, r in readings.items())
+    # an op that only one of them has, and that the exporter cannot stream by itself (not a temporal op)
+    unique = [(k, op) for k, r in readings.items() for kind, op in r
+              if kind[0] not in ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "output")
+              and sum(op in (o for _, o in other) for other in readings.values()) == 1]
+    if unique:
+        k, op = unique[0]
+        fix = (f"name the op the entry is for as its third argument, e.g. insert_streaming_cache_on_var({name!r}, "
+               f"{window}, {op!r}) for sub-model {k} only")
+    else:
+        fix = (f"name the op the entry is for as its third argument (insert_streaming_cache_on_var({name!r}, {window}, "
+               f"op)), or rename a module so the sub-models' tensor names differ")
+    raise ConfigError(
+        f"model spec {qm.spec.path}: streaming_table entry insert_streaming_cache_on_var({name!r}, {window}) is "
+        f"ambiguous: tensor {name!r} is in {_modules(list(readings))} of '{qm.spec.name}', read differently ({seen}), "
+        f"and an entry without an op applies to every sub-model that has its tensor", fix,
+    )
 
 
 def _output_form(sub, outputs, example) -> OutputForm:

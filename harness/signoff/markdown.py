@@ -72,8 +72,10 @@ def provenance_lines(data: dict) -> list[str]:
         source = frames.get("source", "?")
         fr = (f"{source} (seed {frames.get('seed')})" if frames.get("seed") is not None else
               f"{source}" + (f" sha256 {frames['file_sha256'][:16]}" if frames.get("file_sha256") else ""))
+        setting = "; ESP-PPQ setting changed by quant_setting: " + ", ".join(
+            f"`{k}` = `{v}`" for k, v in m["quant_setting"].items()) if m.get("quant_setting") else ""
         lines.append(f"- {m['target']} **{m['model']}**: cache entry `{m.get('cache_entry', '?')}`; calibration {cal}; "
-                     f"frames {fr}")
+                     f"frames {fr}{setting}")
     lines.append("- every case's `.espdl` files are listed with their sha256 in session.json (`espdl_sha256`)")
     return lines
 
@@ -99,9 +101,20 @@ def accuracy_lines(data: dict, plots: dict) -> list[str]:
             task.update({f"{k} (W{window})": v for k, v in figures.items()})
         figures = ", ".join(f"{k} {v:.3f}" for k, v in task.items()) or (
             "no labels (pass an .npz with labels to --frames)" if not a.get("labels") else "-")
+        if a.get("task_error"):
+            figures = f"**task figures failed**: {a['task_error']}"
         lines.append(f"| {c['target']} | {c['model']} | {_db(a['end_to_end']['snr_db'])} | "
                      f"{a['end_to_end']['cosine']:.5f} | {a['worst_module']} ({_db(worst['isolated']['snr_db'])}) | "
                      f"{_cell(figures)} |")
+    described = sorted({(c["target"], c["model"], tuple(c["accuracy"]["labels"])) for c in rows
+                        if c["accuracy"].get("labels")})
+    if described:
+        lines += ["", "Labels (from the `--frames` .npz): " + "; ".join(
+            f"{t} {m} `{list(shape)}` " + ("one per sequence, against the decision after its last frame"
+                                           if len(shape) == 1 else "one per frame, against each frame's decision "
+                                           "(a per-window head: the label of the window's last frame)")
+            for t, m, shape in described) + ". Without a `metric` in the spec: top-1 = argmax over the last "
+            "sub-model's channels; agreement = the same decision as the float model's."]
     for c in rows:
         a = c["accuracy"]
         lines += ["", f"### {c['target']} {c['model']}", "",
@@ -191,7 +204,7 @@ def realtime_lines(data: dict, plots: dict) -> list[str]:
                 f"{_num(rt['worst_step_us']) if first else ''} | "
                 f"{(_num(rt['rtf'], 3) if rt['rtf'] is not None else 'no frame_period_ms') if first else ''} | "
                 f"{_num(rt['load'], 3) if first and rt['load'] is not None else ''} | "
-                f"{(str(free.get('internal', '-')) + ' / ' + str(free.get('psram', '-'))) if first else ''} |")
+                f"{(str(free.get('internal', '-')) + ' / ' + str(free.get('psram', '-')) + (' (emulated)' if rt['host_time'] else '')) if first else ''} |")
     for png in plots.get("latency", []):
         lines += ["", f"![run times per module]({png})"]
     return lines

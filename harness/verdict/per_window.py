@@ -69,5 +69,5 @@ def unjudged_note(qm, window: int, frames: int) -> str:
     early = frames // window - len(judged_windows(qm, window, frames))
     if not early:
         return ""
-    return (f"windows 0..{early - 1} not judged: their prefix is shorter than the {qm.output.span} frames the "
-            f"offline model needs")
+    which = "window 0 is" if early == 1 else f"windows 0..{early - 1} are"
+    return f"{which} not judged: shorter than the {qm.output.span} frames the offline model needs"
