@@ -199,6 +199,7 @@ def _parts():
 
 @pytest.mark.parametrize("case, reason, elements, words", [
     ("gap", "missing", (12, 23), "elements 12..23 are missing"),
+    ("one-late", "missing", (12, 12), "elements 12..12 are missing"),
     ("first-missing", "missing", (0, 11), "elements 0..11 are missing"),
     ("repeated", "overlap", (0, 11), "repeats elements 0..11"),
     ("interleaved", "incomplete", (24, 29), "tensor 'y' (index 1) came next"),
@@ -208,7 +209,8 @@ def _parts():
 def test_tensor_assembler_refuses_parts_that_do_not_make_a_tensor(case, reason, elements, words):
     whole, parts = _parts()
     other = p.Tensor.from_array(1, 2, 9, 1, "y", np.zeros((1, 2), dtype=np.int8), 0)
-    stream = {"gap": [parts[0], parts[2]], "first-missing": parts[1:], "repeated": [parts[0], parts[0]],
+    stream = {"gap": [parts[0], parts[2]], "one-late": [parts[0], whole.part(13, 11)],
+              "first-missing": parts[1:], "repeated": [parts[0], parts[0]],
               "interleaved": [parts[0], parts[1], other], "unfinished": parts[:2],
               "mismatch": [parts[0], dataclasses.replace(parts[1], exponent=-6)]}[case]
     assembler = p.TensorAssembler("scripted board")

@@ -911,6 +911,8 @@ def test_part_assembler_errors_name_module_window_and_frames():
     fails([parts[0], parts[0]], "overlap", (0, 29), "repeats frames 0..29")
     shifted = dataclasses.replace(parts[1], part_first_frame=25, part_frames=15, data=bytes(15 * 3 * 2))
     fails([parts[0], shifted], "overlap", (25, 29))
+    one_late = dataclasses.replace(parts[1], part_first_frame=31, part_frames=9, data=bytes(9 * 3 * 2))
+    fails([parts[0], one_late], "missing", (30, 30), "frames 30..30 are missing")  # a gap of a single frame
     fails([parts[0], dataclasses.replace(parts[1], step=51)], "mismatch", (30, 39), "differs", "step")
     fails([parts[0], dataclasses.replace(parts[1], timings=whole.timings[:2] + (p.Timing(3, 4),))], "mismatch",
           (30, 39), "timings")

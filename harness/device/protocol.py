@@ -1029,7 +1029,61 @@ class OutputPartError(ProtocolError):
 _PART_HEADER = ("window", "module", "step", "layout", "bits", "exponent", "frames", "channels", "timings")
 
 
-class PartAssembler:
+class _Parts:
+    """What joining a message sent in parts checks, for OUTPUT (frames) and TENSOR (elements) alike: each part
+    repeats the first part's header and starts where the previous one ended. A subclass names its unit and header
+    fields, how many units a whole has (``_total``) and the error it raises (``_make_error``)."""
+
+    UNIT = ""
+    HEADER: tuple[str, ...] = ()
+
+    def __init__(self, device: str = "the device"):
+        self.device = device
+        self._parts: list = []
+        self._next = 0  # the unit the next part of the pending whole must start at
+
+    @property
+    def pending(self):
+        """The first part of the whole being assembled, if any."""
+        return self._parts[0] if self._parts else None
+
+    def _total(self, first) -> int:
+        raise NotImplementedError
+
+    def _make_error(self, reason: str, item, span: tuple[int, int], detail: str) -> ProtocolError:
+        raise NotImplementedError
+
+    def _error(self, reason: str, item, span: tuple[int, int], detail: str) -> ProtocolError:
+        self._parts, self._next = [], 0
+        return self._make_error(reason, item, span, detail)
+
+    def _incomplete(self, why: str) -> ProtocolError:
+        first, unit = self._parts[0], self.UNIT
+        total = self._total(first)
+        return self._error("incomplete", first, (self._next, total - 1),
+                           f"incomplete: {unit} {self._next}..{total - 1} of {total} are missing ({why})")
+
+    def _check(self, item, start: int, last: int) -> None:
+        """``item``, a part covering units ``start..last``, may come next: else the error saying why not."""
+        unit = self.UNIT
+        if self._parts:
+            first = self._parts[0]
+            differs = [name for name in self.HEADER if getattr(item, name) != getattr(first, name)]
+            if differs:
+                raise self._error("mismatch", item, (start, last),
+                                  f"inconsistently: the part of {unit} {start}..{last} differs from the first part "
+                                  f"in {', '.join(differs)}")
+        if start > self._next:
+            raise self._error("missing", item, (self._next, start - 1),
+                              f"out of order: {unit} {self._next}..{start - 1} are missing (the next part has "
+                              f"{unit} {start}..{last})")
+        if start < self._next:
+            raise self._error("overlap", item, (start, min(last, self._next - 1)),
+                              f"overlapping: the part of {unit} {start}..{last} repeats {unit} "
+                              f"{start}..{min(last, self._next - 1)}, already received")
+
+
+class PartAssembler(_Parts):
     """Joins OUTPUT parts into whole-window OUTPUTs (protocol.md section 7.7), checking their order.
 
     ``add(output)`` returns ``output`` itself when it is not a part, the window's whole OUTPUT (``windows`` 1,
@@ -1038,25 +1092,13 @@ class PartAssembler:
     The parts of a window come one after the other: any other OUTPUT before the window's last frame is an error.
     """
 
-    def __init__(self, device: str = "the device"):
-        self.device = device
-        self._parts: list[Output] = []
-        self._next = 0  # the frame the next part of the pending window must start at
+    UNIT, HEADER = "frames", _PART_HEADER
 
-    @property
-    def pending(self) -> Output | None:
-        """The first part of the window being assembled, if any."""
-        return self._parts[0] if self._parts else None
+    def _total(self, first: Output) -> int:
+        return first.frames
 
-    def _error(self, reason: str, out: Output, frames: tuple[int, int], detail: str) -> OutputPartError:
-        self._parts, self._next = [], 0
+    def _make_error(self, reason: str, out: Output, frames: tuple[int, int], detail: str) -> OutputPartError:
         return OutputPartError(reason, self.device, out.module, out.window, frames, detail)
-
-    def _incomplete(self, why: str) -> OutputPartError:
-        first = self._parts[0]
-        return self._error("incomplete", first, (self._next, first.frames - 1),
-                           f"incomplete: frames {self._next}..{first.frames - 1} of {first.frames} are missing "
-                           f"({why})")
 
     def add(self, out: Output) -> Output | None:
         if self._parts and (not out.is_part or (out.module, out.window) != (self._parts[0].module,
@@ -1067,21 +1109,7 @@ class PartAssembler:
         if not out.is_part:
             return out
         last = out.part_first_frame + out.part_frames - 1
-        if self._parts:
-            first = self._parts[0]
-            differs = [name for name in _PART_HEADER if getattr(out, name) != getattr(first, name)]
-            if differs:
-                raise self._error("mismatch", out, (out.part_first_frame, last),
-                                  f"inconsistently: the part of frames {out.part_first_frame}..{last} differs from "
-                                  f"the first part in {', '.join(differs)}")
-        if out.part_first_frame > self._next:
-            raise self._error("missing", out, (self._next, out.part_first_frame - 1),
-                              f"out of order: frames {self._next}..{out.part_first_frame - 1} are missing (the next "
-                              f"part has frames {out.part_first_frame}..{last})")
-        if out.part_first_frame < self._next:
-            raise self._error("overlap", out, (out.part_first_frame, min(last, self._next - 1)),
-                              f"overlapping: the part of frames {out.part_first_frame}..{last} repeats frames "
-                              f"{out.part_first_frame}..{min(last, self._next - 1)}, already received")
+        self._check(out, out.part_first_frame, last)
         self._parts.append(out)
         self._next = last + 1
         if self._next < out.frames:
@@ -1153,31 +1181,20 @@ class TensorPartError(ProtocolError):
 _TENSOR_HEADER = ("module", "window", "step", "index", "bits", "exponent", "shape", "name")
 
 
-class TensorAssembler:
+class TensorAssembler(_Parts):
     """Joins TENSOR parts into whole tensors (protocol.md section 7.8), checking their order.
 
     ``add(tensor)`` returns the whole tensor (a TENSOR with every element) once its last part is in, else None;
     ``finish()`` when no more may come. Either raises ``TensorPartError``. A tensor's parts come one after the
     other: another tensor before its last element is an error."""
 
-    def __init__(self, device: str = "the device"):
-        self.device = device
-        self._parts: list[Tensor] = []
-        self._next = 0
+    UNIT, HEADER = "elements", _TENSOR_HEADER
 
-    @property
-    def pending(self) -> Tensor | None:
-        return self._parts[0] if self._parts else None
+    def _total(self, first: Tensor) -> int:
+        return first.elements
 
-    def _error(self, reason: str, t: Tensor, elements: tuple[int, int], detail: str) -> TensorPartError:
-        self._parts, self._next = [], 0
+    def _make_error(self, reason: str, t: Tensor, elements: tuple[int, int], detail: str) -> TensorPartError:
         return TensorPartError(reason, self.device, t, elements, detail)
-
-    def _incomplete(self, why: str) -> TensorPartError:
-        first = self._parts[0]
-        return self._error("incomplete", first, (self._next, first.elements - 1),
-                           f"incomplete: elements {self._next}..{first.elements - 1} of {first.elements} are missing "
-                           f"({why})")
 
     def add(self, t: Tensor) -> Tensor | None:
         last = t.first_element + t.count - 1
@@ -1185,19 +1202,7 @@ class TensorAssembler:
             first = self._parts[0]
             if (t.module, t.window, t.index, t.name) != (first.module, first.window, first.index, first.name):
                 raise self._incomplete(f"tensor '{t.name}' (index {t.index}) came next")
-            differs = [f for f in _TENSOR_HEADER if getattr(t, f) != getattr(first, f)]
-            if differs:
-                raise self._error("mismatch", t, (t.first_element, last),
-                                  f"inconsistently: the part of elements {t.first_element}..{last} differs from the "
-                                  f"first part in {', '.join(differs)}")
-        if t.first_element > self._next:
-            raise self._error("missing", t, (self._next, t.first_element - 1),
-                              f"out of order: elements {self._next}..{t.first_element - 1} are missing (the next part "
-                              f"has elements {t.first_element}..{last})")
-        if t.first_element < self._next:
-            raise self._error("overlap", t, (t.first_element, min(last, self._next - 1)),
-                              f"overlapping: the part of elements {t.first_element}..{last} repeats elements "
-                              f"{t.first_element}..{min(last, self._next - 1)}, already received")
+        self._check(t, t.first_element, last)
         if not t.is_part:
             return t
         self._parts.append(t)
