@@ -204,6 +204,14 @@ def test_the_report_has_every_section():
         assert needle in text, needle
 
 
+def test_report_figures_read_as_what_they_are():
+    """A count is an integer, a rate has decimals, a cosine that rounds to 1 shows its distance from 1."""
+    from harness.signoff.markdown import _cos, _figure
+
+    assert [_figure(v) for v in (4.0, 0.5, 1.0, 0.0, 12.25)] == ["4", "0.500", "1.000", "0.000", "12.250"]
+    assert [_cos(v) for v in (0.99, 0.999999, 1.0, float("nan"), None)] == ["0.99000", "1 - 1.0e-06", "1", "nan", "-"]
+
+
 # ------------------------------------------------------------------ plots
 def test_plots_are_drawn_from_the_saved_arrays_and_kept_when_their_inputs_repeat(tmp_path):
     cases = tmp_path / "cases"
@@ -293,7 +301,7 @@ def test_the_schema_catches_what_a_reader_would_trip_on(tmp_path):
 
     data = json.loads((tmp_path / "session.json").read_text())
     assert not schema_errors(data) and data["cases"][0]["accuracy"]["per_module"][0]["isolated"]["snr_db"] == "inf"
-    assert "| 0 | exact | 1.00000 | 12.5 |" in (tmp_path / "report.md").read_text()
+    assert "| 0 | exact | 1 | 12.5 |" in (tmp_path / "report.md").read_text()
     for broken in ({**data, "schema": 2}, {**data, "extra": 1},
                    {**data, "cases": [{**data["cases"][0], "undocumented": 1}]},
                    {**data, "cases": [{k: v for k, v in data["cases"][0].items() if k != "outcome"}]}):

@@ -37,6 +37,20 @@ def _num(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cos(value) -> str:
+    """A cosine similarity; one that rounds to 1 at five decimals is shown by its distance from 1 instead."""
+    if value is None or isinstance(value, str):
+        return "-" if value is None else value
+    if math.isnan(value) or 1 - value >= 5e-6:
+        return f"{value:.5f}"
+    return "1" if value >= 1 else f"1 - {1 - value:.1e}"
+
+
+def _figure(value) -> str:
+    """A task figure: a count as an integer, a rate with three decimals."""
+    return str(int(value)) if float(value).is_integer() and abs(value) > 1 else f"{value:.3f}"
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|")
 
@@ -99,12 +113,12 @@ def accuracy_lines(data: dict, plots: dict) -> list[str]:
         task = dict(a.get("task") or {})
         for window, figures in device_task.get((c["target"], c["model"]), []):
             task.update({f"{k} (W{window})": v for k, v in figures.items()})
-        figures = ", ".join(f"{k} {v:.3f}" for k, v in task.items()) or (
+        figures = ", ".join(f"{k} {_figure(v)}" for k, v in task.items()) or (
             "no labels (pass an .npz with labels to --frames)" if not a.get("labels") else "-")
         if a.get("task_error"):
             figures = f"**task figures failed**: {a['task_error']}"
         lines.append(f"| {c['target']} | {c['model']} | {_db(a['end_to_end']['snr_db'])} | "
-                     f"{a['end_to_end']['cosine']:.5f} | {a['worst_module']} ({_db(worst['isolated']['snr_db'])}) | "
+                     f"{_cos(a['end_to_end']['cosine'])} | {a['worst_module']} ({_db(worst['isolated']['snr_db'])}) | "
                      f"{_cell(figures)} |")
     described = sorted({(c["target"], c["model"], tuple(c["accuracy"]["labels"])) for c in rows
                         if c["accuracy"].get("labels")})
@@ -121,8 +135,8 @@ def accuracy_lines(data: dict, plots: dict) -> list[str]:
                   "| sub-model | isolated SNR dB | isolated cosine | cumulative SNR dB | cumulative cosine |",
                   "|---|---|---|---|---|"]
         for m in a["per_module"]:
-            lines.append(f"| {m['module']} | {_db(m['isolated']['snr_db'])} | {m['isolated']['cosine']:.5f} | "
-                         f"{_db(m['cumulative']['snr_db'])} | {m['cumulative']['cosine']:.5f} |")
+            lines.append(f"| {m['module']} | {_db(m['isolated']['snr_db'])} | {_cos(m['isolated']['cosine'])} | "
+                         f"{_db(m['cumulative']['snr_db'])} | {_cos(m['cumulative']['cosine'])} |")
         layers = (a.get("layers") or {}).get("rows") or []
         if layers:
             lines += ["", f"Per operator of sub-model {a['worst_module']}: ESP-PPQ's graphwise and layerwise error "
