@@ -18,9 +18,7 @@ from cobs import cobs
 from harness.device import protocol as p
 from harness.emulator.scheduler import plan_schedule
 from tests.test_firmware_core import codec_check, host_build, python_items  # noqa: F401 - host_build is a fixture
-from tests.test_protocol import DOC, VALID, VECTORS, doc_table, from_json, to_json
-
-_STRUCT_CODE = {"u8": "B", "u16": "H", "u32": "I", "i8": "b"}
+from tests.test_protocol import DOC, VALID, VECTORS, fixed_header, from_json, to_json
 
 
 def body(msg_type: int, payload: bytes, seq: int = 3) -> bytes:
@@ -107,15 +105,7 @@ def test_the_c_codec_refuses_and_accepts_exactly_what_python_does(host_build):
     ("### 0x87 TENSOR", p.Tensor, ["module", "window", "step", "index", "bits", "exponent", "rank"]),
 ])
 def test_doc_field_tables_match_the_codec(heading, cls, fixed):
-    rows = doc_table(heading)
-    head = rows[:len(fixed)]
-    assert [r[3] for r in head] == fixed
-    offset = 0
-    for r in head:
-        size = struct.calcsize("<" + _STRUCT_CODE[r[2]])
-        assert (int(r[0]), int(r[1])) == (offset, size), r
-        offset += size
-    assert cls._S.format == "<" + "".join(_STRUCT_CODE[r[2]] for r in head) and cls._S.size == offset
+    rows, offset = fixed_header(heading, cls, fixed)
     names = [r[3] for r in rows]
     if cls is p.Probe:
         assert offset == p.PROBE_HEADER_SIZE and names == fixed + ["names"]

@@ -498,13 +498,9 @@ def doc_table(heading: str) -> list[list[str]]:
 _STRUCT_CODE = {"u8": "B", "u16": "H", "u32": "I", "i8": "b"}
 
 
-@pytest.mark.parametrize("heading, cls, fixed", [
-    ("### 0x05 CONFIGURE", p.Configure, ["window", "schedule", "flags", "queue_depth", "output_batch",
-                                         "module_count"]),
-    ("### 0x82 OUTPUT", p.Output, ["window", "windows", "module", "step", "layout", "bits", "exponent", "frames",
-                                   "channels", "timing_count"]),
-])
-def test_doc_field_tables_match_the_codec(heading, cls, fixed):
+def fixed_header(heading: str, cls, fixed: list[str]) -> tuple[list[list[str]], int]:
+    """The field table under ``heading`` in docs/protocol.md against ``cls``'s packed header: the first rows are
+    ``fixed``, at the offsets and sizes their types give, in ``cls._S``'s format. Returns (rows, header size)."""
     rows = doc_table(heading)
     head = rows[:len(fixed)]
     assert [r[3] for r in head] == fixed
@@ -513,8 +509,19 @@ def test_doc_field_tables_match_the_codec(heading, cls, fixed):
         size = struct.calcsize("<" + _STRUCT_CODE[r[2]])
         assert (int(r[0]), int(r[1])) == (offset, size), r
         offset += size
-    assert cls._S.format == "<" + "".join(_STRUCT_CODE[r[2]] for r in head)
-    assert int(rows[len(fixed)][0]) == cls._S.size == offset
+    assert cls._S.format == "<" + "".join(_STRUCT_CODE[r[2]] for r in head) and cls._S.size == offset
+    return rows, offset
+
+
+@pytest.mark.parametrize("heading, cls, fixed", [
+    ("### 0x05 CONFIGURE", p.Configure, ["window", "schedule", "flags", "queue_depth", "output_batch",
+                                         "module_count"]),
+    ("### 0x82 OUTPUT", p.Output, ["window", "windows", "module", "step", "layout", "bits", "exponent", "frames",
+                                   "channels", "timing_count"]),
+])
+def test_doc_field_tables_match_the_codec(heading, cls, fixed):
+    rows, offset = fixed_header(heading, cls, fixed)
+    assert int(rows[len(fixed)][0]) == offset
     names = [f.name for f in dataclasses.fields(cls)]
     assert names[:len(fixed) - 1] == fixed[:-1]  # the dataclass fields in wire order (the count is implicit)
     if cls is p.Output:
