@@ -280,7 +280,11 @@ def _function(path: Path, name: str) -> str:
 
 def test_backend_widens_the_cycle_count_and_checks_memory_before_esp_dl():
     backend = MAIN / "espdl_backend.cpp"
-    run = _function(backend, "module_run")
+    # both runs, plain and probed, are timed (and hand over output and cache) the one way: timed_run
+    for runner in ("module_run", "module_run_probed"):
+        body = _function(backend, runner)
+        assert body.count("timed_run(m,") == 1 and "esp_cpu_get_cycle_count" not in body, runner
+    run = _function(backend, "timed_run")
     # the 32-bit counter's difference goes through the core's widening with the 64-bit timer: never truncated
     assert re.search(r"rc_cycles_widen\(\s*static_cast<uint32_t>\(after - before\)", run)
     assert "static_cast<uint32_t>(end - start)" not in run and "uint32_t>(esp_cpu_get_cycle_count" not in run

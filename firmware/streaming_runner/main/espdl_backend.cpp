@@ -353,9 +353,27 @@ rc_error_t module_bind(void *ctx, uint8_t module, const rc_module_config_t *cfg,
     return RC_OK;
 }
 
-// One window: the input in, run, the output out, then the cache carried to the next run. The cache copy is a
-// memmove, not TensorBase::assign(): assign() would silently requantize if the exponents differed (resolve()
-// refuses that), and ESP-DL's memory planner may let the dead cache input share memory with the cache output.
+// `run` (module m's model on one window) timed on the runner task's core, then the output out and the cache
+// carried to the next run. The cycle counter is 32 bits (10.7 s at 400 MHz): the 64-bit esp_timer tells how
+// often it wrapped. The cache copy is a memmove, not TensorBase::assign(): assign() would silently requantize if
+// the exponents differed (resolve() refuses that), and ESP-DL's memory planner may let the dead cache input share
+// memory with the cache output.
+template <typename Run> void timed_run(Module &m, Run run, void *output, rc_timing_t *timing)
+{
+    const esp_cpu_cycle_count_t before = esp_cpu_get_cycle_count();
+    const int64_t start = esp_timer_get_time();
+    run();
+    const int64_t end = esp_timer_get_time();
+    const esp_cpu_cycle_count_t after = esp_cpu_get_cycle_count();
+    timing->microseconds = static_cast<uint64_t>(end - start);
+    timing->cycles = rc_cycles_widen(static_cast<uint32_t>(after - before), timing->microseconds, cpu_mhz());
+    memcpy(output, m.output->data, m.output->get_bytes());
+    if (m.cache_input != nullptr) {
+        memmove(m.cache_input->data, m.cache_output->data, m.cache_input->get_bytes());
+    }
+}
+
+// One window: the input in, run, the output out, then the cache carried to the next run (timed_run).
 rc_error_t module_run(void *ctx, uint8_t module, const void *input, void *output, rc_timing_t *timing, char *err,
                       size_t errlen)
 {
@@ -366,18 +384,7 @@ rc_error_t module_run(void *ctx, uint8_t module, const void *input, void *output
         return RC_ERR_INTERNAL;
     }
     memcpy(m.input->data, input, m.input->get_bytes());
-    const esp_cpu_cycle_count_t before = esp_cpu_get_cycle_count();
-    const int64_t start = esp_timer_get_time();
-    m.model->run(); // single core, on the runner task's core: the cycle counter is that core's
-    const int64_t end = esp_timer_get_time();
-    const esp_cpu_cycle_count_t after = esp_cpu_get_cycle_count();
-    // the counter is 32 bits (10.7 s at 400 MHz): the 64-bit esp_timer tells how often it wrapped
-    timing->microseconds = static_cast<uint64_t>(end - start);
-    timing->cycles = rc_cycles_widen(static_cast<uint32_t>(after - before), timing->microseconds, cpu_mhz());
-    memcpy(output, m.output->data, m.output->get_bytes());
-    if (m.cache_input != nullptr) {
-        memmove(m.cache_input->data, m.cache_output->data, m.cache_input->get_bytes());
-    }
+    timed_run(m, [&m] { m.model->run(); }, output, timing); // single core, on the runner task's core
     return RC_OK;
 }
 
@@ -498,17 +505,8 @@ rc_error_t module_run_probed(void *ctx, uint8_t module, const void *input, void 
                            MALLOC_CAP_SPIRAM);
         outputs[t.name] = &views.back();
     }
-    const esp_cpu_cycle_count_t before = esp_cpu_get_cycle_count();
-    const int64_t start = esp_timer_get_time();
-    m.model->run(inputs, dl::RUNTIME_MODE_SINGLE_CORE, outputs); // the same modules as run(); copies in between
-    const int64_t end = esp_timer_get_time();
-    const esp_cpu_cycle_count_t after = esp_cpu_get_cycle_count();
-    timing->microseconds = static_cast<uint64_t>(end - start);
-    timing->cycles = rc_cycles_widen(static_cast<uint32_t>(after - before), timing->microseconds, cpu_mhz());
-    memcpy(output, m.output->data, m.output->get_bytes());
-    if (m.cache_input != nullptr) {
-        memmove(m.cache_input->data, m.cache_output->data, m.cache_input->get_bytes());
-    }
+    // the same modules as run(), with the copies in between
+    timed_run(m, [&] { m.model->run(inputs, dl::RUNTIME_MODE_SINGLE_CORE, outputs); }, output, timing);
     return RC_OK;
 }
 
